@@ -1,0 +1,79 @@
+"""The ``resnet`` command line: thin wrappers over the package's functions."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from resnet_mlops.models import MODELS
+from resnet_mlops.models.zoo import describe_zoo
+
+app = typer.Typer(
+    help="Deep Residual Learning (He et al., 2015): models, data, training and tracking.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Report a user error in one line on stderr and exit non-zero."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _human(count: int) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if count >= scale:
+            return f"{count / scale:.2f}{unit}"
+    return str(count)
+
+
+@app.command("models")
+def models_command(
+    names: Annotated[
+        list[str] | None, typer.Argument(help="Models to show (default: the whole zoo).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """List the model zoo: layers, parameters, multiply-adds and the paper's error."""
+    unknown = [name for name in names or [] if name not in MODELS]
+    if unknown:
+        fail(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(MODELS)}")
+    entries = describe_zoo(names)
+    if as_json:
+        typer.echo(json.dumps([dataclasses.asdict(e) for e in entries], indent=2))
+        return
+    table = Table(title="Model zoo (multiply-adds for one image at the native input size)")
+    for column in ("name", "dataset", "layers", "shortcut", "params", "mult-adds", "input"):
+        table.add_column(column, justify="left" if column in ("name", "dataset") else "right")
+    table.add_column("paper top-1 err %", justify="right")
+    table.add_column("source")
+    for e in entries:
+        table.add_row(
+            e.name,
+            e.dataset,
+            str(e.layers),
+            e.shortcut,
+            f"{e.parameters:,}",
+            _human(e.multiply_adds),
+            f"{e.input_size}x{e.input_size}",
+            f"{e.paper_top1_error:.2f}" if e.paper_top1_error else "-",
+            e.paper_source or "",
+        )
+    # Piped output has no terminal width; do not let rich wrap the table at 80 columns.
+    Console(width=None if sys.stdout.isatty() else 120).print(table)
+
+
+@app.callback()
+def main() -> None:
+    """Deep Residual Learning (He et al., 2015): models, data, training and tracking."""
+
+
+if __name__ == "__main__":
+    app()
