@@ -5,12 +5,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from resnet_mlops.config import ConfigError, load_stage_params
+from resnet_mlops.data.errors import DataError
 from resnet_mlops.models import MODELS
 from resnet_mlops.models.zoo import describe_zoo
 
@@ -68,6 +71,68 @@ def models_command(
         )
     # Piped output has no terminal width; do not let rich wrap the table at 80 columns.
     Console(width=None if sys.stdout.isatty() else 120).print(table)
+
+
+ParamsOption = Annotated[Path, typer.Option("--params", help="The params file.")]
+Overrides = Annotated[
+    list[str] | None,
+    typer.Argument(help="key=value overrides of params.yaml, e.g. dataset=imagenet"),
+]
+
+
+def _stage_params(path: Path, section: str, cls: type, overrides: list[str] | None):
+    try:
+        return load_stage_params(path, section, cls, overrides or [])
+    except ConfigError as error:
+        fail(str(error))
+
+
+@app.command("prepare")
+def prepare_command(
+    overrides: Overrides = None,
+    params: ParamsOption = Path("params.yaml"),
+    out: Annotated[Path | None, typer.Option(help="Default: data/prepared/<dataset>.")] = None,
+    report: Annotated[Path, typer.Option(help="The data report (DVC metrics).")] = Path(
+        "metrics/prepare.json"
+    ),
+    download_dir: Annotated[Path, typer.Option(help="Where downloads are kept.")] = Path(
+        "data/downloads"
+    ),
+) -> None:
+    """Read the raw source, verify every image and write the verified data and its manifest."""
+    from resnet_mlops.data.prepare import PrepareParams, prepare
+
+    dataset, stage = _stage_params(params, "prepare", PrepareParams, overrides)
+    out = out or Path("data/prepared") / dataset
+    try:
+        result = prepare(dataset, stage, out, report, download_dir)
+    except DataError as error:
+        fail(str(error), 1)
+    typer.echo(f"prepared {dataset}: {result['images']} images -> {out} (report: {report})")
+
+
+@app.command("preprocess")
+def preprocess_command(
+    overrides: Overrides = None,
+    params: ParamsOption = Path("params.yaml"),
+    prepared: Annotated[Path | None, typer.Option(help="Default: data/prepared/<dataset>.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Default: data/preprocessed/<dataset>.")] = None,
+    report: Annotated[Path, typer.Option(help="The report (DVC metrics).")] = Path(
+        "metrics/preprocess.json"
+    ),
+) -> None:
+    """Turn verified data into the training format: arrays for CIFAR-10, shards for ImageNet."""
+    from resnet_mlops.data.preprocess import PreprocessParams, preprocess
+
+    dataset, stage = _stage_params(params, "preprocess", PreprocessParams, overrides)
+    prepared = prepared or Path("data/prepared") / dataset
+    out = out or Path("data/preprocessed") / dataset
+    try:
+        result = preprocess(dataset, stage, prepared, out, report)
+    except DataError as error:
+        fail(str(error), 1)
+    counts = result.get("splits") or result.get("samples")
+    typer.echo(f"preprocessed {dataset}: {counts} -> {out} (report: {report})")
 
 
 @app.callback()

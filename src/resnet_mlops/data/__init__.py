@@ -1,0 +1,1 @@
+"""Data: prepare and preprocess stages, and the input pipelines that feed training."""

@@ -1,0 +1,201 @@
+"""The preprocess stage: verified raw data in, the training format out."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from resnet_mlops.data import cifar10, imagenet
+from resnet_mlops.data.errors import DataError
+from resnet_mlops.data.io import atomic_directory, describe_outputs, write_json_atomic
+from resnet_mlops.data.prepare import Dataset
+from resnet_mlops.data.sources import iter_source_files
+
+
+@dataclass(frozen=True)
+class Cifar10Preprocess:
+    """CIFAR-10 split: the paper holds out 5k of the 50k training images (0: train on all)."""
+
+    val_size: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class ImagenetPreprocess:
+    """ImageNet shards: samples per shard, the longest shorter side kept (0: keep), and the
+    JPEG quality of the images that must be re-encoded (CMYK, PNG, resized)."""
+
+    shard_size: int
+    max_side: int
+    quality: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class PreprocessParams:
+    """The ``preprocess`` section of params.yaml."""
+
+    cifar10: Cifar10Preprocess
+    imagenet: ImagenetPreprocess
+    skip_corrupt: bool
+    workers: int  # 0: every core
+
+
+def _load_manifest(prepared: Path, dataset: str) -> dict[str, Any]:
+    path = prepared / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file (run the prepare stage first)") from None
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path}: not valid JSON ({error.msg})") from None
+    if manifest.get("dataset") != dataset:
+        raise DataError(f"{path}: prepared for {manifest.get('dataset')!r}, not {dataset!r}")
+    return manifest
+
+
+def _load_array(path: Path, dtype: type, ndim: int) -> np.ndarray:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file (run the prepare stage first)") from None
+    except ValueError as error:
+        raise DataError(f"{path}: not a NumPy array file ({error})") from None
+    if array.dtype != dtype or array.ndim != ndim:
+        raise DataError(
+            f"{path}: expected {ndim}-d {np.dtype(dtype)}, got {array.dtype} {array.shape}"
+        )
+    return array
+
+
+def preprocess_cifar10(
+    params: PreprocessParams, prepared: Path, out_dir: Path, report_path: Path
+) -> dict[str, Any]:
+    """Split off the validation set and compute the normalisation statistics.
+
+    Writes ``{train,val,test}_{images,labels}.npy`` (uint8 NHWC, int64), ``mean_image.npy``
+    (the paper's per-pixel mean, float32 in 0..255), ``stats.json`` and ``manifest.json``.
+    """
+    manifest = _load_manifest(prepared, "cifar10")
+    arrays = {}
+    for split in cifar10.SPLITS:
+        images = _load_array(prepared / f"{split}_images.npy", np.uint8, 4)
+        labels = _load_array(prepared / f"{split}_labels.npy", np.int64, 1)
+        if images.shape[1:] != (32, 32, 3) or len(images) != len(labels):
+            raise DataError(
+                f"{prepared}/{split}_images.npy: expected (N, 32, 32, 3), got {images.shape}"
+            )
+        arrays[split] = (images, labels)
+    train_images, train_labels = arrays["train"]
+    settings = params.cifar10
+    splits = {"test": arrays["test"]}
+    if settings.val_size > 0:
+        train_idx, val_idx = cifar10.stratified_split(
+            train_labels, settings.val_size, settings.seed
+        )
+        splits["train"] = (train_images[train_idx], train_labels[train_idx])
+        splits["val"] = (train_images[val_idx], train_labels[val_idx])
+    else:
+        splits["train"] = (train_images, train_labels)
+    mean_image, channel_mean, channel_std = cifar10.image_statistics(splits["train"][0])
+    stats = {
+        "classes": manifest["classes"],
+        "mean": channel_mean,
+        "std": channel_std,
+        "splits": {split: len(labels) for split, (_, labels) in sorted(splits.items())},
+    }
+    with atomic_directory(out_dir) as tmp:
+        for split, (images, labels) in splits.items():
+            np.save(tmp / f"{split}_images.npy", np.ascontiguousarray(images))
+            np.save(tmp / f"{split}_labels.npy", labels)
+        np.save(tmp / "mean_image.npy", mean_image)
+        write_json_atomic(tmp / "stats.json", stats)
+        write_json_atomic(
+            tmp / "manifest.json",
+            {
+                "dataset": "cifar10",
+                "prepared": manifest["outputs"],
+                "params": {"val_size": settings.val_size, "seed": settings.seed},
+                "outputs": describe_outputs(tmp),
+            },
+        )
+    report = {"dataset": "cifar10", **{k: stats[k] for k in ("splits", "mean", "std")}}
+    write_json_atomic(report_path, report)
+    return report
+
+
+def preprocess_imagenet(
+    params: PreprocessParams, prepared: Path, out_dir: Path, report_path: Path
+) -> dict[str, Any]:
+    """Pack the verified images into webdataset shards with DALI index files.
+
+    Original JPEG bytes are kept; only CMYK JPEGs, non-JPEG files and (when ``max_side`` is
+    set) larger images are re-encoded as RGB JPEG.
+    """
+    manifest = _load_manifest(prepared, "imagenet")
+    classes = json.loads((prepared / "classes.json").read_text())
+    entries = {}
+    for tsv in sorted(prepared.glob("*.tsv")):
+        for entry in imagenet.read_split_tsv(tsv):
+            entries[entry.file] = entry
+    source = Path(manifest["source"]["path"])
+    settings = params.imagenet
+    if settings.shard_size < 1:
+        raise DataError(
+            f"preprocess.imagenet.shard_size must be at least 1, got {settings.shard_size}"
+        )
+    with atomic_directory(out_dir) as tmp:
+        splits, stats, problems = imagenet.pack_shards(
+            entries,
+            iter_source_files(source),
+            tmp,
+            shard_size=settings.shard_size,
+            max_side=settings.max_side,
+            quality=settings.quality,
+            seed=settings.seed,
+            workers=params.workers,
+            skip_corrupt=params.skip_corrupt,
+        )
+        if "val" not in splits:
+            # A single folder (like the sample) serves as both splits: it proves the path,
+            # it does not measure generalisation.
+            splits["val"] = {**splits["train"], "alias_of": "train"}
+        index = {"classes": classes["wnids"], "names": classes["names"], "splits": splits}
+        write_json_atomic(tmp / "index.json", index)
+        write_json_atomic(
+            tmp / "manifest.json",
+            {
+                "dataset": "imagenet",
+                "prepared": manifest["outputs"],
+                "params": {
+                    "shard_size": settings.shard_size,
+                    "max_side": settings.max_side,
+                    "quality": settings.quality,
+                    "seed": settings.seed,
+                },
+                "outputs": describe_outputs(tmp),
+            },
+        )
+    report = {
+        "dataset": "imagenet",
+        "samples": {split: info["samples"] for split, info in splits.items()},
+        "shards": {split: len(info["shards"]) for split, info in splits.items()},
+        "reencoded": stats["converted"],
+        "skipped_count": len(problems),
+        "skipped": [{"file": p.file, "reason": p.reason} for p in problems],
+    }
+    write_json_atomic(report_path, report)
+    return report
+
+
+def preprocess(
+    dataset: Dataset, params: PreprocessParams, prepared: Path, out_dir: Path, report_path: Path
+) -> dict[str, Any]:
+    """Run the preprocess stage for ``dataset``."""
+    if dataset == "cifar10":
+        return preprocess_cifar10(params, prepared, out_dir, report_path)
+    return preprocess_imagenet(params, prepared, out_dir, report_path)
