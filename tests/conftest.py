@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import http.server
 import io
+import os
 import pickle
 import tarfile
 import threading
@@ -114,3 +115,46 @@ def http_root(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture(scope="session")
+def small_cifar(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small real CIFAR-10 (50 train and 10 test images per class from the mirror), run
+    through the real prepare and preprocess stages (100 images held out for validation)."""
+    from resnet_mlops.config import load_stage_params
+    from resnet_mlops.data.prepare import PrepareParams, prepare
+    from resnet_mlops.data.preprocess import PreprocessParams, preprocess
+
+    wanted = {"train": 50, "test": 10}
+    found: dict[str, dict[str, list[bytes]]] = {"train": {}, "test": {}}
+    with tarfile.open(CIFAR_MIRROR) as archive:
+        for member in archive:
+            parts = member.name.split("/")
+            if member.isfile() and len(parts) == 3:
+                bucket = found[parts[0]].setdefault(parts[1], [])
+                if len(bucket) < wanted[parts[0]]:
+                    bucket.append(archive.extractfile(member).read())
+    root = tmp_path_factory.mktemp("small_cifar")
+    tree = write_class_folders(root / "tree", found)
+    _, prep = load_stage_params(
+        PARAMS, "prepare", PrepareParams, [f"prepare.cifar10.source={tree}"]
+    )
+    prepare("cifar10", prep, root / "prepared", root / "prepare.json", root / "dl")
+    _, pre = load_stage_params(
+        PARAMS, "preprocess", PreprocessParams, ["preprocess.cifar10.val_size=100"]
+    )
+    preprocess("cifar10", pre, root / "prepared", root / "preprocessed", root / "pre.json")
+    return root / "preprocessed"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Runs the tests start go to a throwaway SQLite store, never the project's mlflow.db."""
+    store = tmp_path_factory.mktemp("mlflow")
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store}/mlflow.db"
+    yield
+    if previous is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = previous

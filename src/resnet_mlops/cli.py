@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from resnet_mlops.cli_registry import add_commands
 from resnet_mlops.config import ConfigError, load_stage_params
 from resnet_mlops.data.errors import DataError
 from resnet_mlops.models import MODELS
@@ -135,10 +136,76 @@ def preprocess_command(
     typer.echo(f"preprocessed {dataset}: {counts} -> {out} (report: {report})")
 
 
+@app.command("train")
+def train_command(
+    overrides: Overrides = None,
+    params: ParamsOption = Path("params.yaml"),
+    data: Annotated[Path | None, typer.Option(help="Default: data/preprocessed/<dataset>.")] = None,
+    out: Annotated[Path, typer.Option(help="Checkpoint and model folder.")] = Path("models"),
+    metrics: Annotated[Path, typer.Option(help="Final metrics (DVC).")] = Path(
+        "metrics/train.json"
+    ),
+    history: Annotated[Path, typer.Option(help="Per-epoch metrics (DVC plots).")] = Path(
+        "plots/train_history.json"
+    ),
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from the checkpoint in --out.")
+    ] = False,
+    auto_resume: Annotated[
+        bool,
+        typer.Option(
+            "--auto-resume",
+            help="Continue from the checkpoint in --out if the same params, data and code wrote "
+            "it; otherwise start afresh (what dvc repro runs).",
+        ),
+    ] = False,
+) -> None:
+    """Train a model with the paper's recipe (the train section of params.yaml)."""
+    from resnet_mlops.train.checkpoint import CheckpointError
+    from resnet_mlops.train.entry import run_training
+    from resnet_mlops.train.loop import Interrupted
+
+    try:
+        mode = "auto" if auto_resume and not resume else resume
+        result = run_training(params, overrides or [], data, out, metrics, history, mode)
+    except (ConfigError, DataError, CheckpointError) as error:
+        fail(str(error), 2 if isinstance(error, ConfigError) else 1)
+    except Interrupted as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(143) from None
+    typer.echo(f"trained {result.iterations} iterations: {result.metrics}")
+
+
+@app.command("evaluate")
+def evaluate_command(
+    overrides: Overrides = None,
+    params: ParamsOption = Path("params.yaml"),
+    model: Annotated[Path, typer.Option(help="The trained model file.")] = Path("models/model.pt"),
+    data: Annotated[Path | None, typer.Option(help="Default: data/preprocessed/<dataset>.")] = None,
+    metrics: Annotated[Path, typer.Option(help="Metrics JSON (DVC).")] = Path(
+        "metrics/evaluate.json"
+    ),
+    plots: Annotated[Path, typer.Option(help="Folder for the confusion matrix.")] = Path("plots"),
+) -> None:
+    """Score a trained model: top-1/top-5 error, per-class accuracy, confusion matrix."""
+    from resnet_mlops.evaluation.entry import EvalPaths, run_evaluation
+    from resnet_mlops.train.checkpoint import CheckpointError
+
+    paths = EvalPaths(metrics, plots / "confusion.csv", plots / "confusion.png")
+    try:
+        result = run_evaluation(params, overrides or [], model, data, paths)
+    except (ConfigError, DataError, CheckpointError) as error:
+        fail(str(error), 2 if isinstance(error, ConfigError) else 1)
+    errors = {k: round(v, 2) for k, v in result.items() if k.endswith("error")}
+    typer.echo(f"evaluated {result['model']} on {result['samples']} images: {errors}")
+
+
 @app.callback()
 def main() -> None:
     """Deep Residual Learning (He et al., 2015): models, data, training and tracking."""
 
+
+add_commands(app)
 
 if __name__ == "__main__":
     app()

@@ -87,7 +87,10 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
             values[name] = _convert(data[name], hints[name], f"{dotted}{name}")
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             raise ConfigError(f"missing key {dotted}{name}")
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ValueError as error:  # a dataclass's own range checks
+        raise ConfigError(str(error)) from None
 
 
 def to_dict(obj: Any) -> Any:
@@ -158,21 +161,32 @@ def read_yaml(path: Path) -> dict[str, Any]:
 DATASETS = ("cifar10", "imagenet")
 
 
-def load_stage_params(
-    path: Path, section: str, cls: type[T], overrides: list[str] | tuple[str, ...] = ()
-) -> tuple[str, T]:
-    """The data set and one stage's section of a params file (with overrides applied).
+def load_sections(
+    path: Path, sections: Mapping[str, type], overrides: list[str] | tuple[str, ...] = ()
+) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """The data set, the named sections parsed into their dataclasses, and the whole tree.
 
     Errors name the file: ``params.yaml: unknown key prepare.sorce (known: ...)``.
     """
     try:
         tree = apply_overrides(read_yaml(path), list(overrides))
         dataset = _convert(tree.get("dataset"), typing.Literal[DATASETS], "dataset")
-        if section not in tree:
-            raise ConfigError(f"missing section {section!r}")
-        return dataset, from_dict(cls, tree[section], section)
+        parsed = {}
+        for section, cls in sections.items():
+            if section not in tree:
+                raise ConfigError(f"missing section {section!r}")
+            parsed[section] = from_dict(cls, tree[section], section)
+        return dataset, parsed, tree
     except ConfigError as error:
         message = str(error)
         raise ConfigError(
             message if message.startswith(f"{path}:") else f"{path}: {message}"
         ) from None
+
+
+def load_stage_params(
+    path: Path, section: str, cls: type[T], overrides: list[str] | tuple[str, ...] = ()
+) -> tuple[str, T]:
+    """The data set and one stage's section of a params file (with overrides applied)."""
+    dataset, parsed, _ = load_sections(path, {section: cls}, overrides)
+    return dataset, parsed[section]

@@ -1,0 +1,1 @@
+"""Evaluation: error rates, per-class accuracy, confusion matrices and their plots."""

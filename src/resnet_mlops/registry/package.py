@@ -1,0 +1,164 @@
+"""A trained ``model.pt`` as an MLflow pyfunc that needs no project code to load or serve.
+
+The network is saved with ``torch.export`` (``network.pt2``): a graph of ATen operators that
+``torch.export.load`` runs without the model classes, with a dynamic batch size. Pickling the
+module (MLflow's ``serialization_format="pickle"``) would need ``resnet_mlops`` importable
+wherever it loads; MLflow's own pt2 flavour loads the same graph but takes float tensors, so
+every client would have to reimplement the preprocessing. Here the pyfunc takes encoded images
+and applies the training's evaluation transform itself (see :mod:`classifier_model`).
+
+A ``.pt2`` archive loads with the PyTorch release that wrote it (or a close one), so the model's
+requirements pin it; ``model.pt`` rides along as an artifact, the weights and the full config,
+for rebuilding with this project's code under another release.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import PIL
+import torch
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, Schema
+from PIL import Image
+
+from resnet_mlops.registry import classifier_model
+from resnet_mlops.registry.classifier_model import FORMAT, INPUT_COLUMN
+
+ARTIFACT_NAME = "classifier"
+PREPROCESSING_FILE = "preprocessing.json"
+
+INPUT_DESCRIPTION = (
+    f"pandas DataFrame with one column {INPUT_COLUMN!r}: each row an encoded image file's bytes "
+    "(JPEG, PNG; any size, RGB or grayscale); over HTTP base64-encoded, e.g. "
+    f'{{"dataframe_split": {{"columns": ["{INPUT_COLUMN}"], "data": [["<base64>"]]}}}}'
+)
+OUTPUT_DESCRIPTION = "pandas DataFrame, one float column per class: softmax probabilities"
+
+
+def preprocessing_spec(preprocessing: dict[str, Any]) -> dict[str, Any]:
+    """The evaluation transform a model file records, as ``classifier_model`` reads it.
+
+    Means and standard deviations are in 0..255 units, as the training pipelines apply them.
+    """
+    if preprocessing["dataset"] == "cifar10":
+        side = int(preprocessing["input_size"])
+        mean_image = preprocessing.get("mean_image")
+        geometry = {"resize_shorter": side, "crop": side}
+        normalization = {
+            "normalization": preprocessing["normalization"],
+            "mean": [float(m) for m in preprocessing["mean"]],
+            "std": [float(s) for s in preprocessing["std"]],
+            "mean_image": None if mean_image is None else np.asarray(mean_image).tolist(),
+        }
+    else:
+        geometry = {
+            "resize_shorter": int(preprocessing["resize"]),
+            "crop": int(preprocessing["center_crop"]),
+        }
+        normalization = {
+            "normalization": "channel",
+            "mean": [m * 255 for m in preprocessing["mean"]],
+            "std": [s * 255 for s in preprocessing["std"]],
+            "mean_image": None,
+        }
+    return {
+        "format": FORMAT,
+        "dataset": preprocessing["dataset"],
+        "input": INPUT_DESCRIPTION,
+        "output": OUTPUT_DESCRIPTION,
+        "classes": list(preprocessing["classes"]),
+        **geometry,
+        **normalization,
+    }
+
+
+def export_network(model: torch.nn.Module, crop: int, path: Path) -> None:
+    """Save ``model`` (CPU, eval mode) as a ``torch.export`` program with a dynamic batch size.
+
+    The example batch holds 2 images: with 1, export would specialise the batch size to 1.
+    """
+    example = torch.zeros(2, 3, crop, crop)
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    program = torch.export.export(
+        model.cpu().float().eval(), (example,), dynamic_shapes=({0: batch},)
+    )
+    torch.export.save(program, path)
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """The artifacts of the pyfunc, written to a folder."""
+
+    network: Path
+    preprocessing: Path
+    checkpoint: Path
+    spec: dict[str, Any]
+
+    def artifacts(self) -> dict[str, str]:
+        """The ``artifacts`` argument of ``log_model``."""
+        return {
+            "network": str(self.network),
+            "preprocessing": str(self.preprocessing),
+            "model_file": str(self.checkpoint),
+        }
+
+
+def write_model_files(
+    model: torch.nn.Module, meta: dict[str, Any], model_path: Path, folder: Path
+) -> ModelFiles:
+    """Export the network and describe its preprocessing in ``folder``."""
+    spec = preprocessing_spec(meta["preprocessing"])
+    network = folder / "network.pt2"
+    export_network(model, spec["crop"], network)
+    preprocessing = folder / PREPROCESSING_FILE
+    preprocessing.write_text(json.dumps(spec, indent=1) + "\n")
+    checkpoint = folder / "model.pt"
+    shutil.copyfile(model_path, checkpoint)
+    return ModelFiles(network, preprocessing, checkpoint, spec)
+
+
+def signature(classes: list[str]) -> ModelSignature:
+    """Binary images in (base64 over HTTP), one double column per class out."""
+    return ModelSignature(
+        inputs=Schema([ColSpec("binary", INPUT_COLUMN)]),
+        outputs=Schema([ColSpec("double", name) for name in classes]),
+    )
+
+
+def example_input(crop: int) -> pd.DataFrame:
+    """Two gray PNGs: MLflow stores them as the serving example and checks the model on them."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (crop, crop), (128, 128, 128)).save(buffer, format="PNG")
+    return pd.DataFrame({INPUT_COLUMN: [buffer.getvalue()] * 2})
+
+
+def log_classifier(files: ModelFiles, metadata: dict[str, Any]) -> mlflow.models.model.ModelInfo:
+    """Log the pyfunc to the active run (MLflow's global tracking URI and active run).
+
+    MLflow loads it once from the code file while logging, to check the input example.
+    """
+    requirements = [
+        f"torch=={torch.__version__.split('+')[0]}",
+        f"numpy=={np.__version__}",
+        f"pandas=={pd.__version__}",
+        f"pillow=={PIL.__version__}",
+        f"mlflow=={mlflow.__version__}",
+    ]
+    return mlflow.pyfunc.log_model(
+        name=ARTIFACT_NAME,
+        python_model=classifier_model.__file__,
+        artifacts=files.artifacts(),
+        signature=signature(files.spec["classes"]),
+        input_example=example_input(files.spec["crop"]),
+        pip_requirements=requirements,
+        metadata=metadata,
+    )

@@ -1,0 +1,117 @@
+"""``resnet pull``: a registered version, its preprocessing description and a model card."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import yaml
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+
+from resnet_mlops.data.io import atomic_directory
+from resnet_mlops.registry.connection import ModelRef, reaching, resolve
+from resnet_mlops.registry.package import OUTPUT_DESCRIPTION, PREPROCESSING_FILE
+
+CARD_FILE = "MODEL_CARD.md"
+
+
+def _geometry(spec: dict[str, Any]) -> str:
+    side = spec["crop"]
+    if spec["resize_shorter"] == side:
+        resize = f"an image that is not {side}x{side}: shorter side to {side}"
+    else:
+        resize = f"shorter side to {spec['resize_shorter']}"
+    shift = "the training set's mean image" if spec.get("mean_image") else "per-channel means"
+    return (
+        f"RGB; {resize} (bilinear, antialiased), centre {spec['crop']}x{spec['crop']} crop; "
+        f"subtract {shift} and divide by the per-channel standard deviations (0..255 units: "
+        f"std {', '.join(f'{s:.2f}' for s in spec['std'])})"
+    )
+
+
+def model_card(version: ModelVersion, aliases: list[str], spec: dict[str, Any], uri: str) -> str:
+    """A Markdown description of a registered version, from its tags."""
+    tags = dict(version.tags)
+    params = json.loads(tags.pop("params", "{}") or "{}")
+    ref = f"models:/{version.name}/{version.version}"
+    metrics = {k: v for k, v in sorted(tags.items()) if k.startswith("test_") or k == "val_error"}
+    lines = [
+        f"# {version.name} version {version.version}",
+        "",
+        f"Aliases: {', '.join(aliases) or 'none'}. Registry: {uri}.",
+        f"Training run: {version.run_id}.",
+        "",
+        f"Decision at registration: {tags.get('registry.decision', 'not recorded')}",
+        "",
+        "## Model",
+        "",
+        f"`{tags.get('model', '?')}`, {int(tags.get('parameters', 0)):,} parameters, trained on "
+        f"{tags.get('dataset', '?')}.",
+        "",
+        "## Metrics (percent errors)",
+        "",
+        "| metric | value |",
+        "| --- | --- |",
+        *(f"| {key} | {value} |" for key, value in metrics.items()),
+        "",
+        "## Data and code",
+        "",
+        f"- data version (hash of the preprocessed data's manifest): {tags.get('data.version')}",
+        f"- DVC hash of the preprocessed data: {tags.get('data.dvc_md5', 'not recorded')}",
+        f"- test split {tags.get('data.test_split')}, version {tags.get('data.test_version')}",
+        f"- git commit {tags.get('git.commit')} (uncommitted changes: {tags.get('git.dirty')})",
+        "",
+        "## Input, preprocessing, output",
+        "",
+        f"- input: {tags.get('input', '')}",
+        f"- preprocessing (`{PREPROCESSING_FILE}`): {_geometry(spec)}",
+        f"- output: {OUTPUT_DESCRIPTION} ({', '.join(spec['classes'][:10])}"
+        f"{', ...' if len(spec['classes']) > 10 else ''})",
+        "",
+        "## Use",
+        "",
+        "```bash",
+        "resnet predict --model . image.jpg",
+        "mlflow models serve -m . --env-manager local --port 5001",
+        "```",
+        "",
+        "```python",
+        f'model = mlflow.pyfunc.load_model("{ref}")  # or this folder',
+        'probabilities = model.predict(pd.DataFrame({"image": [open("image.jpg", "rb").read()]}))',
+        "```",
+        "",
+        "## Params",
+        "",
+        "```yaml",
+        yaml.safe_dump(params, sort_keys=False).rstrip(),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def pull(client: MlflowClient, ref: ModelRef, uri: str, out: Path) -> ModelVersion:
+    """Download the version ``ref`` points to into ``out`` (replaced as a whole, atomically): the
+    MLflow model, ``preprocessing.json`` beside it and ``MODEL_CARD.md``.
+
+    Raises:
+        RegistryError: no such model, alias or version, or the server cannot be reached.
+    """
+    version = resolve(client, ref, uri)
+    with reaching(uri):
+        aliases = sorted(version.aliases)
+        with atomic_directory(out) as tmp:
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{version.name}/{version.version}",
+                dst_path=str(tmp),
+                tracking_uri=uri,
+                registry_uri=uri,
+            )
+            shutil.copyfile(tmp / "artifacts" / PREPROCESSING_FILE, tmp / PREPROCESSING_FILE)
+            spec = json.loads((tmp / PREPROCESSING_FILE).read_text())
+            (tmp / CARD_FILE).write_text(model_card(version, aliases, spec, uri))
+    return version

@@ -1,0 +1,266 @@
+"""``resnet register``: the evaluated model into the MLflow Model Registry, under the champion rule.
+
+The new version gets the alias ``challenger``; ``champion`` moves to it only if its test error
+beats the champion's by more than ``register.margin`` points on the same test data (see
+:mod:`~resnet_mlops.registry.champion`). The pyfunc is logged to the model's training run, which
+also receives the decision; ``metrics/register.json`` records it for DVC.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import yaml
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT
+
+from resnet_mlops.data.io import write_json_atomic
+from resnet_mlops.registry.champion import (
+    ERROR_TAG,
+    TEST_VERSION_TAG,
+    Decision,
+    Standing,
+    decide,
+    recorded_standing,
+    rescore,
+)
+from resnet_mlops.registry.connection import CHALLENGER, CHAMPION, RegistryError, reaching
+from resnet_mlops.registry.package import INPUT_DESCRIPTION, log_classifier, write_model_files
+from resnet_mlops.registry.scoring import split_version
+from resnet_mlops.tracking import DATA_VERSION_TAG
+from resnet_mlops.tracking.connection import global_tracking_uri
+from resnet_mlops.tracking.git import GIT_DIRTY_TAG
+from resnet_mlops.tracking.runs import experiment_id
+from resnet_mlops.train.artifact import load_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RegisterParams:
+    """The ``register`` section of params.yaml."""
+
+    name: str  # the registered model; "auto": <dataset>-classifier
+    margin: float  # percentage points of test top-1 error a challenger must win by
+
+
+@dataclass(frozen=True)
+class RegisterPaths:
+    """What ``register`` reads and writes."""
+
+    model: Path  # models/model.pt
+    evaluation: Path  # metrics/evaluate.json
+    data: Path  # the preprocessed data the evaluation used
+    out: Path  # metrics/register.json
+    lock: Path = Path("dvc.lock")  # for the data's DVC hash, when DVC ran the stages
+
+
+def model_name(dataset: str, params: RegisterParams) -> str:
+    """The registered model's name: one per task."""
+    return f"{dataset}-classifier" if params.name == "auto" else params.name
+
+
+def read_evaluation(path: Path, model: str) -> dict[str, Any]:
+    """``metrics/evaluate.json``, checked to be about ``model``.
+
+    Raises:
+        RegistryError: missing, not JSON, without a test error, or about another model.
+    """
+    try:
+        evaluation = json.loads(path.read_text())
+        float(evaluation[ERROR_TAG]), str(evaluation["split"])
+    except FileNotFoundError:
+        raise RegistryError(f"{path}: no such file (run the evaluate stage)") from None
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise RegistryError(f"{path}: not an evaluation ({ERROR_TAG} and split)") from None
+    if evaluation.get("model") != model:
+        raise RegistryError(f"{path}: evaluates {evaluation.get('model')!r}, not {model!r}")
+    return evaluation
+
+
+def dvc_hash(lock: Path, data: Path) -> str | None:
+    """The hash DVC last recorded in ``dvc.lock`` for the output ``data``; None without one.
+
+    Under ``dvc repro`` it is current: DVC updates the lock file after each stage, before the
+    next one starts.
+    """
+    try:
+        stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    except (OSError, yaml.YAMLError):
+        return None
+    wanted = data.as_posix().rstrip("/")
+    for stage in stages.values():
+        for out in stage.get("outs", []):
+            if out.get("path", "").rstrip("/") == wanted:
+                return out.get("md5")
+    return None
+
+
+def version_tags(
+    dataset: str,
+    meta: dict[str, Any],
+    evaluation: dict[str, Any],
+    test_version: str,
+    data_hash: str | None,
+) -> dict[str, str]:
+    """What a version records: data versions, the commit, the params and the test metrics."""
+    provenance = meta["provenance"]
+    tags = {
+        "dataset": dataset,
+        "model": meta["model"],
+        "parameters": str(meta["parameters"]),
+        DATA_VERSION_TAG: str(provenance.get("data_version", "unknown")),
+        TEST_VERSION_TAG: test_version,
+        "data.test_split": str(evaluation["split"]),
+        "git.commit": str(provenance.get(MLFLOW_GIT_COMMIT, "unknown")),
+        GIT_DIRTY_TAG: str(provenance.get(GIT_DIRTY_TAG, "unknown")),
+        "params": json.dumps(meta["config"], sort_keys=True, default=str),
+        "val_error": str(meta["metrics"].get("val_error", "")),
+        "input": INPUT_DESCRIPTION,
+    }
+    if data_hash:
+        tags["data.dvc_md5"] = data_hash
+    for key, value in evaluation.items():
+        if key.startswith("test_") or key == "samples":
+            tags[key] = str(value)
+    return tags
+
+
+def _summary(tags: dict[str, str]) -> dict[str, str]:
+    """The provenance the MLmodel file carries, for a pulled model away from the registry."""
+    keys = ("dataset", "model", DATA_VERSION_TAG, TEST_VERSION_TAG, "git.commit", ERROR_TAG)
+    return {key: tags[key] for key in keys if key in tags}
+
+
+@contextlib.contextmanager
+def _model_run(client: MlflowClient, meta: dict[str, Any], uri: str) -> Iterator[str]:
+    """The model's training run, re-opened; or a new run when this server does not have it.
+
+    A re-opened run ends FINISHED whatever happens here: a failed registration does not make
+    the training a failure.
+    """
+    run_id = meta["provenance"].get("mlflow_run_id")
+    if run_id:
+        try:
+            client.get_run(run_id)
+        except MlflowException as error:
+            if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            log.warning("training run %s is not in %s; registering from a new run", run_id, uri)
+            run_id = None
+    if run_id:
+        mlflow.start_run(run_id=run_id)
+        try:
+            yield run_id
+        finally:
+            mlflow.end_run("FINISHED")
+        return
+    experiment = meta["config"].get("train", {}).get("experiment", "Default")
+    with mlflow.start_run(
+        experiment_id=experiment_id(client, experiment, uri), run_name=f"register {meta['model']}"
+    ) as run:
+        yield run.info.run_id
+
+
+def _champion_standing(
+    client: MlflowClient, name: str, challenger: Standing, dataset: str, data: Path, split: str
+) -> tuple[Standing | None, bool, str | None]:
+    """The champion's figure on the challenger's test data, whether it was re-scored for that,
+    and why it could not be had (None when it could)."""
+    aliases = client.get_registered_model(name).aliases
+    if CHAMPION not in aliases:
+        return None, False, None
+    version = client.get_model_version(name, aliases[CHAMPION])
+    recorded = recorded_standing(version)
+    if recorded is not None and recorded.test_version == challenger.test_version:
+        return recorded, False, None
+    try:
+        return rescore(client, version, data, dataset, split, challenger.test_version), True, None
+    except Exception as error:  # its artifacts, not ours: whatever breaks, keep the champion
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        problem = f"champion v{version.version} cannot be scored on this test data: {reason}"
+        return None, False, problem
+
+
+def _rank(
+    client: MlflowClient,
+    name: str,
+    challenger: Standing,
+    margin: float,
+    data: Path,
+    split: str,
+    dataset: str,
+) -> Decision:
+    """Apply the champion rule and move the aliases."""
+    champion, rescored, problem = _champion_standing(client, name, challenger, dataset, data, split)
+    if problem is None:
+        decision = decide(challenger, champion, margin, rescored)
+    else:
+        decision = Decision(False, problem, challenger, None, margin)
+    client.set_registered_model_alias(name, CHALLENGER, challenger.version)
+    if decision.promoted:
+        client.set_registered_model_alias(name, CHAMPION, challenger.version)
+    client.set_model_version_tag(name, challenger.version, "registry.decision", decision.reason)
+    return decision
+
+
+def _record(name: str, decision: Decision, out: Path) -> None:
+    """Write the decision for DVC and log it, with both figures, to the active run."""
+    write_json_atomic(out, {"name": name, **decision.as_metrics()})
+    figures = {
+        "registry_challenger_test_error": decision.challenger.test_error,
+        "registry_promoted": float(decision.promoted),
+    }
+    if decision.champion is not None:
+        figures["registry_champion_test_error"] = decision.champion.test_error
+    mlflow.log_metrics(figures)
+    mlflow.set_tags(
+        {
+            "registry.model": f"models:/{name}/{decision.challenger.version}",
+            "registry.decision": decision.reason,
+        }
+    )
+    mlflow.log_artifact(str(out), "registry")
+
+
+def register(dataset: str, params: RegisterParams, paths: RegisterPaths, uri: str) -> Decision:
+    """Log, register and rank the evaluated model; write ``paths.out``.
+
+    Raises:
+        CheckpointError: the model file is missing or corrupt.
+        DataError: the preprocessed data has no manifest for the test split.
+        RegistryError: a bad evaluation file, or the tracking server cannot be reached.
+    """
+    model, meta = load_model(paths.model)
+    evaluation = read_evaluation(paths.evaluation, meta["model"])
+    split = str(evaluation["split"])
+    test_version = split_version(paths.data, dataset, split)
+    tags = version_tags(dataset, meta, evaluation, test_version, dvc_hash(paths.lock, paths.data))
+    name = model_name(dataset, params)
+    client = MlflowClient(uri)
+    with (
+        tempfile.TemporaryDirectory(prefix="resnet-register-") as tmp,
+        reaching(uri),
+        global_tracking_uri(uri),
+    ):
+        files = write_model_files(model, meta, paths.model, Path(tmp))
+        with _model_run(client, meta, uri):
+            info = log_classifier(files, metadata={"resnet_mlops": _summary(tags)})
+            version = mlflow.register_model(info.model_uri, name, tags=tags)
+            if not client.get_registered_model(name).description:
+                client.update_registered_model(
+                    name, f"{dataset} image classifier (resnet-mlops). Input: {INPUT_DESCRIPTION}"
+                )
+            challenger = Standing(str(version.version), float(evaluation[ERROR_TAG]), test_version)
+            decision = _rank(client, name, challenger, params.margin, paths.data, split, dataset)
+            _record(name, decision, paths.out)
+    return decision

@@ -1,0 +1,34 @@
+"""MLflow tracking for training runs, resilient to a tracking server that goes away.
+
+The trainer, on rank 0 (other ranks pass ``enabled=False``)::
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(root)  # entry point
+    with RunTracker(experiment=cfg.experiment, tracking_uri=uri, run_id=checkpoint_run_id,
+                    history_path=out / "history.jsonl") as tracker:
+        run_id = tracker.start(to_dict(cfg), git_tags(root), data_version=data_md5)
+        for step in ...:
+            tracker.log_metrics({"train_loss": loss, "lr": lr, "images_per_s": ips}, step)
+        tracker.log_curves(out / "curves.png", x_label="iteration")
+        tracker.log_model(model, example_batch)
+
+The history file keeps every value even if the server never comes back;
+:func:`replay_metrics` sends it later.
+"""
+
+from resnet_mlops.tracking.connection import default_tracking_uri
+from resnet_mlops.tracking.curves import plot_curves
+from resnet_mlops.tracking.git import git_tags
+from resnet_mlops.tracking.history import MetricRecord, read_history, replay_metrics
+from resnet_mlops.tracking.tracker import DATA_VERSION_TAG, RunTracker, TrackingError
+
+__all__ = [
+    "DATA_VERSION_TAG",
+    "MetricRecord",
+    "RunTracker",
+    "TrackingError",
+    "default_tracking_uri",
+    "git_tags",
+    "plot_curves",
+    "read_history",
+    "replay_metrics",
+]

@@ -1,0 +1,131 @@
+"""Opening an MLflow run, or re-opening one to resume, with its params and tags."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.entities import LifecycleStage, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking.context.registry import resolve_tags
+from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
+
+from resnet_mlops.config import flatten
+from resnet_mlops.tracking.connection import local_artifact_location
+
+log = logging.getLogger(__name__)
+
+TRUNCATED = "...[truncated, see params.json]"
+
+
+class TrackingError(RuntimeError):
+    """Tracking was required (``required=True``) and could not be set up; the message says why."""
+
+
+def param_value(value: Any) -> str:
+    """A param as MLflow stores it: text of at most 6000 characters (longer ones are cut)."""
+    text = json.dumps(value) if isinstance(value, list | tuple | dict) else str(value)
+    if len(text) > MAX_PARAM_VAL_LENGTH:
+        text = text[: MAX_PARAM_VAL_LENGTH - len(TRUNCATED)] + TRUNCATED
+    return text
+
+
+def experiment_id(client: MlflowClient, name: str, tracking_uri: str) -> str:
+    """The id of experiment ``name``, created if missing.
+
+    Raises:
+        TrackingError: the experiment exists but is deleted.
+    """
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        location = local_artifact_location(tracking_uri, name)
+        try:
+            return client.create_experiment(name, artifact_location=location)
+        except MlflowException as error:  # Another process created it just now.
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            experiment = client.get_experiment_by_name(name)
+    if experiment is None or experiment.lifecycle_stage != LifecycleStage.ACTIVE:
+        raise TrackingError(
+            f"MLflow experiment {name!r} is deleted; restore it (mlflow experiments restore) "
+            "or choose another name"
+        )
+    return experiment.experiment_id
+
+
+def open_run(
+    client: MlflowClient,
+    *,
+    experiment: str,
+    tracking_uri: str,
+    run_id: str | None,
+    run_name: str | None,
+    tags: Mapping[str, str],
+) -> tuple[str, Mapping[str, str], Mapping[str, str]]:
+    """Re-open run ``run_id`` (set RUNNING again), or create a run when it is None or unknown.
+
+    A new run gets ``tags`` plus the context tags MLflow's own ``start_run`` adds (user,
+    source script).
+
+    Returns:
+        The run id, and the params and tags the run already has.
+
+    Raises:
+        TrackingError: the run is deleted.
+    """
+    if run_id is not None:
+        try:
+            run = client.get_run(run_id)
+        except MlflowException as error:
+            if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            log.warning("MLflow run %s not found in %s; starting a new run", run_id, tracking_uri)
+        else:
+            if run.info.lifecycle_stage != LifecycleStage.ACTIVE:
+                raise TrackingError(f"MLflow run {run_id} is deleted")
+            if run.info.status != "RUNNING":
+                client.update_run(run_id, status="RUNNING")
+            return run_id, run.data.params, run.data.tags
+    run = client.create_run(
+        experiment_id(client, experiment, tracking_uri), run_name=run_name, tags=resolve_tags(tags)
+    )
+    return run.info.run_id, {}, run.data.tags
+
+
+def log_params_and_tags(
+    client: MlflowClient,
+    run_id: str,
+    params: Mapping[str, Any],
+    tags: Mapping[str, str],
+    *,
+    existing: tuple[Mapping[str, str], Mapping[str, str]] = ({}, {}),
+) -> None:
+    """Log the flattened params and the tags that the run does not have yet.
+
+    MLflow params cannot change, so a resumed run keeps the values it started with; values
+    that differ are reported in a warning. Sent 100 of each per request, MLflow's limit.
+    """
+    old_params, old_tags = existing
+    new_params = {key: param_value(value) for key, value in flatten(params).items()}
+    new_tags = {key: str(value) for key, value in tags.items()}
+    changed = [
+        f"{key}: {old[key]!r} -> {value!r}"
+        for old, new in ((old_params, new_params), (old_tags, new_tags))
+        for key, value in new.items()
+        if key in old and old[key] != value
+    ]
+    if changed:
+        log.warning("run %s keeps its values of %s", run_id, "; ".join(changed))
+    param_list = [Param(k, v) for k, v in new_params.items() if k not in old_params]
+    tag_list = [RunTag(k, v) for k, v in new_tags.items() if k not in old_tags]
+    step = MAX_PARAMS_TAGS_PER_BATCH
+    for start in range(0, max(len(param_list), len(tag_list)), step):
+        client.log_batch(
+            run_id,
+            params=param_list[start : start + step],
+            tags=tag_list[start : start + step],
+            synchronous=True,
+        )

@@ -1,0 +1,390 @@
+"""One training run as one MLflow run: params, tags, metrics, plots, the model, the outcome."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from torch import nn
+
+from resnet_mlops.config import flatten
+from resnet_mlops.tracking.connection import short_http_limits
+from resnet_mlops.tracking.curves import plot_curves
+from resnet_mlops.tracking.history import HistoryJournal, MetricRecord, RunEnd, read_history
+from resnet_mlops.tracking.model import log_pytorch_model
+from resnet_mlops.tracking.runs import TrackingError, log_params_and_tags, open_run
+from resnet_mlops.tracking.system import SystemMetrics
+from resnet_mlops.tracking.uploader import Uploader, describe, is_permanent
+
+log = logging.getLogger(__name__)
+
+DATA_VERSION_TAG = "data.version"
+PARAMS_ARTIFACT = "params.json"
+STATUSES = ("FINISHED", "FAILED", "KILLED")
+
+
+class RunTracker:
+    """Records a training run in MLflow without ever holding up, or stopping, the training.
+
+    Metrics go to a local history file at once and to the server from a background thread
+    that keeps and retries them while the server is down; whatever has not reached the
+    server when the run finishes can be sent later with :func:`replay_metrics`. As a context
+    manager it finishes the run FINISHED, FAILED on an exception, KILLED on Ctrl-C.
+
+    Args:
+        experiment: The MLflow experiment, created if missing.
+        tracking_uri: Where runs go (``MLFLOW_TRACKING_URI`` or :func:`default_tracking_uri`,
+            decided by the entry point).
+        run_name: A display name for a new run.
+        run_id: Continue this run (a resumed training) instead of creating one.
+        enabled: False makes every method a no-op, for ranks other than 0.
+        required: Make an unreachable server at :meth:`start` an error instead of a warning.
+            Outages later in the run never stop the training.
+        history_path: The local metric history (JSON Lines). Rewritten by a new run,
+            appended to when ``run_id`` is given.
+        system_metrics: Log MLflow's system metrics (CPU, memory, GPU; needs psutil).
+        flush_timeout_s: How long :meth:`finish` waits for queued uploads.
+    """
+
+    def __init__(
+        self,
+        *,
+        experiment: str,
+        tracking_uri: str,
+        run_name: str | None = None,
+        run_id: str | None = None,
+        enabled: bool = True,
+        required: bool = False,
+        history_path: Path | None = None,
+        system_metrics: bool = True,
+        flush_timeout_s: float = 30.0,
+    ) -> None:
+        self.experiment = experiment
+        self.tracking_uri = tracking_uri
+        self.run_name = run_name
+        self.run_id = run_id
+        self.enabled = enabled
+        self.required = required
+        self.history_path = history_path
+        self.system_metrics = system_metrics
+        self.flush_timeout_s = flush_timeout_s
+        self._resuming = run_id is not None
+        self._state = "new"
+        self._history: list[MetricRecord] = []
+        self._client: MlflowClient | None = None
+        self._journal: HistoryJournal | None = None
+        self._uploader: Uploader | None = None
+        self._monitor: SystemMetrics | None = None
+        self._staging: Path | None = None
+        self._staged = itertools.count()
+        self._scope = contextlib.ExitStack()
+
+    @property
+    def active(self) -> bool:
+        """Whether values are being sent to an open MLflow run."""
+        return self._client is not None and self._state == "started"
+
+    @property
+    def history(self) -> tuple[MetricRecord, ...]:
+        """Every metric record of the run so far, including those before a resume."""
+        return tuple(self._history)
+
+    def __enter__(self) -> RunTracker:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.finish("FINISHED")
+        elif issubclass(exc_type, KeyboardInterrupt):
+            self.finish("KILLED")
+        else:
+            self.finish("FAILED")
+
+    def start(
+        self,
+        params: Mapping[str, Any],
+        tags: Mapping[str, str] | None = None,
+        *,
+        data_version: str | None = None,
+    ) -> str | None:
+        """Open (or re-open) the run and record the config and where the run came from.
+
+        Makes one short HTTP attempt per request (``connection.HTTP_LIMITS``) rather than
+        MLflow's minutes of retries, so a server that is down is reported within seconds.
+
+        Args:
+            params: The config, nested or flat; logged flattened (``train.lr``), each value
+                cut to MLflow's 6000 characters, and in full as the artifact ``params.json``.
+                On resume, values that differ from the run's keep the run's, with a warning.
+            tags: Extra run tags, e.g. :func:`git_tags`.
+            data_version: The data set's version (e.g. its DVC hash), as tag ``data.version``.
+
+        Returns:
+            The run id the metrics are recorded under (kept on resume even when the server
+            is down, so a checkpoint can store it), or None when tracking is disabled or no
+            new run could be created. :attr:`active` tells whether the run is being tracked.
+
+        Raises:
+            TrackingError: ``required`` and the run could not be opened.
+        """
+        if not self.enabled:
+            return None
+        if self._state != "new":
+            raise RuntimeError("RunTracker.start() was already called")
+        self._state = "started"
+        self._scope.enter_context(short_http_limits())
+        all_tags = dict(tags or {})
+        if data_version is not None:
+            all_tags[DATA_VERSION_TAG] = data_version
+        client, created = None, None
+        try:
+            client = MlflowClient(self.tracking_uri)
+            run_id, old_params, old_tags = open_run(
+                client,
+                experiment=self.experiment,
+                tracking_uri=self.tracking_uri,
+                run_id=self.run_id,
+                run_name=self.run_name,
+                tags=all_tags,
+            )
+            created = run_id if run_id != self.run_id else None
+            self.run_id = run_id
+            log_params_and_tags(client, run_id, params, all_tags, existing=(old_params, old_tags))
+            self._client = client
+        except Exception as error:
+            self._unavailable(client, created, error)
+        self._open_history()
+        if self._client is not None:
+            self._start_uploads(params)
+        return self.run_id
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        """Record metric values for a step; returns at once and never raises for the server.
+
+        Args:
+            metrics: Name to value (Python or NumPy numbers, 0-d tensors).
+            step: The x coordinate: iteration or epoch, the same unit for every call.
+        """
+        if not self.enabled:
+            return
+        self._require_started()
+        record = MetricRecord(
+            step=int(step),
+            timestamp=int(time.time() * 1000),
+            metrics={key: float(value) for key, value in metrics.items()},
+            run_id=self.run_id,
+        )
+        self._history.append(record)
+        if self._journal is not None:
+            self._journal.write(record)
+        if self._uploader is not None:
+            self._uploader.put_metrics(record.to_mlflow())
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        """Upload a file, or a folder's contents, in the background.
+
+        A copy is taken now, so the caller may overwrite the file right away.
+
+        Args:
+            path: A file (stored as ``artifact_path/<name>``) or a folder (its contents
+                stored under ``artifact_path``).
+            artifact_path: The folder within the run's artifacts; None for the top.
+        """
+        if not self.enabled:
+            return
+        self._require_started()
+        if self._uploader is None or self._staging is None:
+            return
+        staged = self._staging / str(next(self._staged))
+        if path.is_dir():
+            shutil.copytree(path, staged)
+        else:
+            staged.mkdir()
+            staged = Path(shutil.copy2(path, staged / path.name))
+        self._uploader.put_artifact(staged, artifact_path)
+
+    def log_curves(
+        self, path: Path, *, x_label: str = "step", artifact_path: str = "plots"
+    ) -> Path | None:
+        """Draw the loss and error curves of the run so far to ``path`` and upload the PNG.
+
+        The PNG is written even when no run is open, so it serves as a local plot too.
+
+        Returns:
+            ``path``, or None when tracking is disabled.
+        """
+        if not self.enabled:
+            return None
+        self._require_started()
+        plot_curves(self._history, path, x_label=x_label)
+        self.log_artifact(path, artifact_path)
+        return path
+
+    def log_model(
+        self, model: nn.Module, input_example: np.ndarray, *, name: str = "model", **kwargs: Any
+    ) -> str | None:
+        """Log the trained model with a signature and an input example; see
+        :func:`~resnet_mlops.tracking.model.log_pytorch_model`.
+
+        Blocks until the model is stored: call it once, after training.
+
+        Args:
+            model: The trained network.
+            input_example: A small float32 batch (2 or more inputs: a batch of 1 would fix
+                the batch size of the exported model).
+            name: The logged model's name.
+            **kwargs: Passed on to ``mlflow.pytorch.log_model`` (``registered_model_name``,
+                ``metadata``, ``pip_requirements``, ...).
+
+        Returns:
+            The model URI (``models:/<model id>``), or None when no run is open or the server
+            could not be reached.
+
+        Raises:
+            TrackingError: ``required`` and the server could not be reached.
+        """
+        if not self.enabled:
+            return None
+        self._require_started()
+        if not self.active:
+            return None
+        assert self.run_id is not None
+        try:
+            return log_pytorch_model(
+                model,
+                input_example,
+                tracking_uri=self.tracking_uri,
+                run_id=self.run_id,
+                name=name,
+                **kwargs,
+            )
+        except MlflowException as error:
+            if is_permanent(error):
+                raise
+            message = f"could not log model {name!r} to {self.tracking_uri}: {describe(error)}"
+            if self.required:
+                raise TrackingError(message) from error
+            log.warning("%s", message)
+            return None
+
+    def finish(self, status: str = "FINISHED") -> None:
+        """End the run: flush queued uploads (bounded by ``flush_timeout_s``), set the status.
+
+        Always completes the local history. What did not reach the server is reported in one
+        warning, with the call that sends it later. A second call, or one before
+        :meth:`start`, does nothing.
+
+        Args:
+            status: ``FINISHED``, ``FAILED`` or ``KILLED``.
+        """
+        if status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
+        if not self.enabled or self._state != "started":
+            return
+        self._state = "finishing"
+        deadline = time.monotonic() + self.flush_timeout_s
+        if self._monitor is not None:
+            self._monitor.stop(min(10.0, self.flush_timeout_s))
+        unsent, unsent_artifacts = 0, []
+        if self._uploader is not None:
+            unsent, unsent_artifacts = self._uploader.close(max(0.0, deadline - time.monotonic()))
+        end = RunEnd(status=status, timestamp=int(time.time() * 1000), run_id=self.run_id)
+        if self._journal is not None:
+            self._journal.write(end)
+            self._journal.close()
+        ended = True
+        if self._client is not None and self.run_id is not None:
+            try:
+                self._client.set_terminated(self.run_id, status=status, end_time=end.timestamp)
+            except Exception as error:
+                ended = False
+                log.debug("could not end MLflow run %s: %s", self.run_id, describe(error))
+        self._report_unsent(unsent, unsent_artifacts, ended, status)
+        if self._staging is not None:
+            shutil.rmtree(self._staging, ignore_errors=True)
+        self._scope.close()
+        self._state = "finished"
+
+    def _require_started(self) -> None:
+        if self._state != "started":
+            raise RuntimeError(f"RunTracker is {self._state}; call start() first, finish() last")
+
+    def _unavailable(
+        self, client: MlflowClient | None, created: str | None, error: Exception
+    ) -> None:
+        message = f"MLflow tracking at {self.tracking_uri} is unavailable: {describe(error)}"
+        if client is not None and created is not None:  # Leave no half-set-up run RUNNING.
+            with contextlib.suppress(Exception):
+                client.set_terminated(created, status="FAILED")
+            self.run_id = None
+        if self.required:
+            self._scope.close()
+            self._state = "finished"
+            raise TrackingError(message) from error
+        where = f"; metrics are saved to {self.history_path}" if self.history_path else ""
+        log.warning("%s. Training goes on without tracking%s", message, where)
+
+    def _open_history(self) -> None:
+        if self.history_path is None:
+            return
+        if self._resuming and self.history_path.exists():
+            self._history.extend(read_history(self.history_path)[0])
+        self._journal = HistoryJournal(self.history_path, append=self._resuming)
+
+    def _start_uploads(self, params: Mapping[str, Any]) -> None:
+        assert self.run_id is not None
+        self._staging = Path(tempfile.mkdtemp(prefix="resnet-mlflow-"))
+        if self.system_metrics:
+            self._monitor = SystemMetrics(self.run_id, self.tracking_uri)
+            self._monitor.start(resume=self._resuming)
+        self._uploader = Uploader(
+            MlflowClient(self.tracking_uri),
+            self.run_id,
+            where=self.tracking_uri,
+            on_reconnect=self._monitor.restart if self._monitor else None,
+        )
+        full = self._staging / PARAMS_ARTIFACT
+        full.write_text(json.dumps(flatten(params), indent=2, sort_keys=True, default=str) + "\n")
+        self._uploader.put_artifact(full, None)
+
+    def _report_unsent(self, unsent: int, artifacts: list, ended: bool, status: str) -> None:
+        """One warning naming what the server is missing and how to send it later."""
+        if self._client is None:
+            missing = "this run was not tracked"
+        else:
+            parts = [f"{unsent} metric values"] if unsent else []
+            parts += [f"artifact {where or '.'}/{path.name}" for path, where in artifacts]
+            parts += [] if ended else [f"the run's end ({status})"]
+            if not parts:
+                return
+            listed = ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]
+            missing = f"{listed} did not reach {self.tracking_uri}"
+        if self.history_path is None:
+            log.warning("%s, and no history_path was given to keep the metrics", missing)
+            return
+        run = repr(self.run_id) if self.run_id else "<run id>"
+        log.warning(
+            "%s; the full metric history is in %s; send it with "
+            "resnet_mlops.tracking.replay_metrics(Path(%r), %s)",
+            missing,
+            self.history_path,
+            str(self.history_path),
+            run,
+        )

@@ -1,0 +1,74 @@
+"""The trained model as a self-describing file: weights, config, metrics and provenance."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from resnet_mlops.models import ResNet, build_model, count_parameters
+from resnet_mlops.train.checkpoint import CheckpointError, save_checkpoint
+
+FORMAT = "resnet-mlops/model/1"
+
+
+def model_kwargs(name: str, shortcut: str, zero_init_residual: bool, num_classes: int) -> dict:
+    """Builder arguments for a model name and the ``train`` params (plain nets take fewer)."""
+    kwargs: dict[str, Any] = {"num_classes": num_classes}
+    if not name.startswith("plain"):
+        kwargs["zero_init_residual"] = zero_init_residual
+        if shortcut != "default":
+            kwargs["shortcut"] = shortcut
+    return kwargs
+
+
+def save_model(
+    path: Path,
+    model: ResNet,
+    *,
+    name: str,
+    kwargs: dict[str, Any],
+    preprocessing: dict[str, Any],
+    provenance: dict[str, Any],
+    metrics: dict[str, float],
+    config: dict[str, Any],
+) -> None:
+    """Write ``model.pt``: everything a user needs to rebuild, run and trace the model."""
+    save_checkpoint(
+        path,
+        {
+            "kind": FORMAT,
+            "model": name,
+            "model_kwargs": kwargs,
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "parameters": count_parameters(model),
+            "preprocessing": preprocessing,
+            "provenance": provenance,
+            "metrics": metrics,
+            "config": config,
+        },
+    )
+
+
+def load_model(path: Path) -> tuple[ResNet, dict[str, Any]]:
+    """Rebuild a model saved by :func:`save_model`; returns it (eval mode) and its metadata.
+
+    Raises:
+        CheckpointError: missing, corrupt, or not a model file.
+    """
+    from resnet_mlops.train.checkpoint import load_checkpoint
+
+    state = load_checkpoint(path)
+    if state.get("kind") != FORMAT:
+        raise CheckpointError(f"{path}: a training checkpoint, not a model file")
+    model = build_model(state["model"], **state["model_kwargs"])
+    model.load_state_dict(state["state_dict"])
+    return model.eval(), {k: v for k, v in state.items() if k != "state_dict"}
+
+
+def state_dict_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The weights of a model, unwrapped from DDP and ``torch.compile``."""
+    module = getattr(model, "module", model)
+    module = getattr(module, "_orig_mod", module)
+    return module.state_dict()

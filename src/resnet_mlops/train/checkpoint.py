@@ -1,0 +1,58 @@
+"""Checkpoints: everything needed to resume, written atomically, read with clear errors."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT = "resnet-mlops/checkpoint/1"
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be used: the message is one line naming the file."""
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then rename it into place.
+
+    A kill during the write leaves the previous checkpoint intact.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"format": FORMAT, **state}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def load_checkpoint(path: Path, *, model: str | None = None) -> dict[str, Any]:
+    """Read a checkpoint (tensors and plain types only: ``weights_only``).
+
+    Raises:
+        CheckpointError: missing, unreadable or corrupt, not one of ours, or (with ``model``)
+            holding another model.
+    """
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a damaged file
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(f"{path}: corrupt or not a checkpoint ({reason})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a resnet-mlops checkpoint")
+    if model is not None and state.get("model") != model:
+        raise CheckpointError(f"{path}: holds {state.get('model')!r}, not {model!r}")
+    return state
