@@ -302,3 +302,26 @@ def test_torchrun_two_cpu_processes_with_gloo(tmp_path: Path, small_cifar: Path)
     assert result.stdout.count("epoch 1/4: train loss") == 1
     _, meta = load_model(tmp_path / "models" / "model.pt")
     assert meta["model"] == "resnet20"
+
+
+def test_ten_crop_evaluation_averages_the_softmax_over_crops() -> None:
+    from resnet_mlops.evaluation.metrics import evaluate_model
+    from resnet_mlops.train.runtime import Runtime
+
+    class CropScores(torch.nn.Module):
+        """Logits read off the input: crop k of image i votes for class (i + k) % 3."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x[:, :3, 0, 0] * 10
+
+    images = torch.zeros(2, 10, 3, 4, 4)
+    for i in range(2):
+        for k in range(10):
+            images[i, k, (i + (k >= 7)) % 3] = 1.0  # 7 crops say class i, 3 say class i+1
+    runtime = Runtime(torch.device("cpu"), 0, 1, 0)
+    result = evaluate_model(
+        CropScores(), [(images, torch.tensor([0, 2]))], num_classes=3, runtime=runtime, dtype=None
+    )
+    assert result.samples == 2
+    assert result.top1_error == pytest.approx(0.5)  # image 0 right; image 1 (class 1) wrong
+    assert result.confusion.tolist() == [[1, 0, 0], [0, 0, 0], [0, 1, 0]]
