@@ -15,25 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import CIFAR_MIRROR as CIFAR_ARCHIVE
+from conftest import IMAGENET_SAMPLE as IMAGENET_ARCHIVE
 from PIL import Image
 from wds2idx import IndexCreator  # DALI's own index tool, shipped with nvidia-dali
 
-REPO = Path(__file__).resolve().parents[1]
-DATASETS = REPO.parent / "shared" / "datasets"
-CIFAR_ARCHIVE = DATASETS / "cifar10-jpg.tar.gz"
-IMAGENET_ARCHIVE = DATASETS / "imagenet-sample.tar.gz"
-CIFAR_CLASSES = (
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-)
+from resnet_mlops.data.cifar10 import CLASSES as CIFAR_CLASSES
 
 
 def _require(path: Path) -> Path:
