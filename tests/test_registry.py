@@ -139,8 +139,7 @@ def trained(
         run_evaluation(PARAMS, [], tmp / "model.pt", small_cifar, paths)
     finally:
         os.environ["MLFLOW_TRACKING_URI"] = previous
-        # Logging the model set MLflow's process-wide URI to the server: put it back too.
-        mlflow.set_tracking_uri(previous)
+    assert not mlflow.tracking._tracking_service.utils._tracking_uri  # nothing left pinned
     return {"model": tmp / "model.pt", "evaluation": tmp / "evaluate.json", "dir": tmp}
 
 

@@ -84,10 +84,16 @@ def global_tracking_uri(uri: str) -> Iterator[None]:
 
     ``mlflow.pytorch.log_model`` has no tracking URI argument; it uses the global one.
     """
-    previous = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+    from mlflow.tracking._tracking_service import utils
+
+    # Restore exactly what was there: the module's global (usually unset) and the variable.
+    # Re-setting the variable's value as the global would pin it for the whole process.
+    previous_global = utils._tracking_uri
+    previous_env = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     try:
         yield
     finally:
-        # None also unsets MLFLOW_TRACKING_URI, which set_tracking_uri exported above.
-        mlflow.set_tracking_uri(previous)  # type: ignore[arg-type]
+        mlflow.set_tracking_uri(previous_global)  # type: ignore[arg-type]
+        if previous_env is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = previous_env
