@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from resnet_mlops.data.errors import DataError
+
 CHUNK = 1 << 20
 
 
@@ -40,6 +42,21 @@ def describe_outputs(directory: Path) -> dict[str, dict[str, Any]]:
         for path in sorted(directory.iterdir())
         if path.is_file()
     }
+
+
+def read_json(path: Path, hint: str) -> Any:
+    """Read a JSON file a stage wrote; missing or malformed is a one-line :class:`DataError`.
+
+    Args:
+        path: the file.
+        hint: what to do when it is missing, e.g. ``"run the prepare stage first"``.
+    """
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file ({hint})") from None
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path}: not valid JSON ({error.msg})") from None
 
 
 def dumps_json(data: Any) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ import numpy as np
 
 from resnet_mlops.data import cifar10, imagenet
 from resnet_mlops.data.errors import DataError
-from resnet_mlops.data.io import atomic_directory, describe_outputs, write_json_atomic
+from resnet_mlops.data.io import atomic_directory, describe_outputs, read_json, write_json_atomic
 from resnet_mlops.data.prepare import Dataset
 from resnet_mlops.data.sources import iter_source_files
 
@@ -47,12 +46,7 @@ class PreprocessParams:
 
 def _load_manifest(prepared: Path, dataset: str) -> dict[str, Any]:
     path = prepared / "manifest.json"
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file (run the prepare stage first)") from None
-    except json.JSONDecodeError as error:
-        raise DataError(f"{path}: not valid JSON ({error.msg})") from None
+    manifest = read_json(path, "run the prepare stage first")
     if manifest.get("dataset") != dataset:
         raise DataError(f"{path}: prepared for {manifest.get('dataset')!r}, not {dataset!r}")
     return manifest
@@ -137,7 +131,7 @@ def preprocess_imagenet(
     set) larger images are re-encoded as RGB JPEG.
     """
     manifest = _load_manifest(prepared, "imagenet")
-    classes = json.loads((prepared / "classes.json").read_text())
+    classes = read_json(prepared / "classes.json", "run the prepare stage first")
     entries = {}
     for tsv in sorted(prepared.glob("*.tsv")):
         for entry in imagenet.read_split_tsv(tsv):

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from resnet_mlops.data.errors import DataError
+from resnet_mlops.data.io import read_json
 from resnet_mlops.data.loaders.params import CifarNormalization
 
 SIDE = 32
@@ -49,12 +49,7 @@ def _load(path: Path, dtype: type, shape: tuple[int | None, ...]) -> np.ndarray:
 
 
 def _read_stats(path: Path) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
-    try:
-        stats = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file (run the preprocess stage)") from None
-    except json.JSONDecodeError as error:
-        raise DataError(f"{path}: not valid JSON ({error.msg})") from None
+    stats = read_json(path, "run the preprocess stage")
     try:
         classes = tuple(str(c) for c in stats["classes"])
         mean = np.asarray(stats["mean"], dtype=np.float32)

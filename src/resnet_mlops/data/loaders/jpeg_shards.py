@@ -7,7 +7,6 @@ up front: a bad label is reported before training starts, not mid-epoch.
 
 from __future__ import annotations
 
-import json
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from resnet_mlops.data.errors import DataError
+from resnet_mlops.data.io import read_json
 
 INDEX_VERSION = "v1.2"
 MAX_OPEN_SHARDS = 64
@@ -23,12 +23,7 @@ MAX_OPEN_SHARDS = 64
 
 def _read_index_json(data_dir: Path, split: str) -> tuple[tuple[str, ...], list[str], list[str]]:
     path = data_dir / "index.json"
-    try:
-        index = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file (run the preprocess stage)") from None
-    except json.JSONDecodeError as error:
-        raise DataError(f"{path}: not valid JSON ({error.msg})") from None
+    index = read_json(path, "run the preprocess stage")
     try:
         classes = tuple(str(c) for c in index["classes"])
         entry = index["splits"][split]
