@@ -24,13 +24,16 @@ from conftest import REPO
 from mlflow import MlflowClient
 from mlflow_server import MlflowServer, free_port, mlflow_server, start_mlflow_server
 
+from resnet_mlops.config import ConfigError
 from resnet_mlops.models import build_model
 from resnet_mlops.tracking import (
     DATA_VERSION_TAG,
+    RUN_TAGS_ENV,
     MetricRecord,
     RunTracker,
     TrackingError,
     default_tracking_uri,
+    env_tags,
     git_tags,
     plot_curves,
     read_history,
@@ -87,6 +90,17 @@ def warnings_from_tracking(caplog: pytest.LogCaptureFixture, text: str) -> list[
 
 
 # --- No server ----------------------------------------------------------------------------
+
+
+def test_env_tags_reads_a_json_object_of_strings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(RUN_TAGS_ENV, raising=False)
+    assert env_tags() == {}
+    monkeypatch.setenv(RUN_TAGS_ENV, '{"mlflow.parentRunId": "abc", "grid": "g"}')
+    assert env_tags() == {"mlflow.parentRunId": "abc", "grid": "g"}
+    for bad in ("{not json", '["a"]', '{"grid": 3}'):
+        monkeypatch.setenv(RUN_TAGS_ENV, bad)
+        with pytest.raises(ConfigError, match=RUN_TAGS_ENV):
+            env_tags()
 
 
 def test_default_tracking_uri_is_absolute_sqlite(

@@ -17,16 +17,19 @@ The history file keeps every value even if the server never comes back;
 
 from resnet_mlops.tracking.connection import default_tracking_uri
 from resnet_mlops.tracking.curves import plot_curves
+from resnet_mlops.tracking.env import RUN_TAGS_ENV, env_tags
 from resnet_mlops.tracking.git import git_tags
 from resnet_mlops.tracking.history import MetricRecord, read_history, replay_metrics
 from resnet_mlops.tracking.tracker import DATA_VERSION_TAG, RunTracker, TrackingError
 
 __all__ = [
     "DATA_VERSION_TAG",
+    "RUN_TAGS_ENV",
     "MetricRecord",
     "RunTracker",
     "TrackingError",
     "default_tracking_uri",
+    "env_tags",
     "git_tags",
     "plot_curves",
     "read_history",

@@ -148,7 +148,7 @@ def run_training(
     same data set, ``train`` and ``loader`` params, data version and code (see
     :func:`resume_key`); otherwise training starts afresh.
     """
-    from resnet_mlops.tracking import git_tags
+    from resnet_mlops.tracking import env_tags, git_tags
 
     dataset, train_params, loader_params, tree = load_train_params(params_path, overrides)
     data_dir = data or Path("data/preprocessed") / dataset
@@ -158,13 +158,14 @@ def run_training(
     rank0 = int(os.environ.get("RANK", "0")) == 0
     key = resume_key(dataset, train_params, loader_params, version)
     if resume == "auto":
-        resume = _matches(paths.checkpoint, out / RESUME_KEY_FILE, key)
+        # Rank 0 decides for all ranks (train() sends its checkpoint to the others).
+        resume = rank0 and _matches(paths.checkpoint, out / RESUME_KEY_FILE, key)
     if not resume and rank0:
         # A fresh run voids the old checkpoint before it records its own key: a checkpoint
         # next to a key is always one that key's run wrote.
         paths.checkpoint.unlink(missing_ok=True)
         write_json_atomic(out / RESUME_KEY_FILE, key)
-    tags = {**git_tags(root), "dataset": dataset, "model": train_params.model}
+    tags = {**git_tags(root), "dataset": dataset, "model": train_params.model, **env_tags()}
     sink = (
         _TrackerSink(
             train_params.experiment,
