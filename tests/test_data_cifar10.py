@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -148,3 +150,24 @@ def test_download_failure_is_one_line_and_leaves_nothing(tmp_path: Path, http_ro
     with pytest.raises(DataError, match=r"/missing.tar.gz: download failed \(HTTP Error 404"):
         run_stages(tmp_path, [f"prepare.cifar10.source={base}/missing.tar.gz"])
     assert list((tmp_path / "downloads").iterdir()) == []
+
+
+def test_prepare_in_a_dvc_experiment_copy_finds_relative_sources(tmp_path: Path, cifar_jpegs):
+    """Queued and --temp DVC experiments run under <project>/.dvc/tmp/exps/: a source path
+    relative to the project (like ../shared/datasets) must still be found from there."""
+    project = tmp_path / "project"
+    project.mkdir()
+    tar_folder(write_class_folders(tmp_path / "folders", cifar_jpegs), project / "src.tar.gz")
+    copy = project / ".dvc" / "tmp" / "exps" / "tmpabc"
+    copy.mkdir(parents=True)
+    shutil.copyfile(PARAMS, copy / "params.yaml")
+    done = subprocess.run(
+        ["resnet", "prepare", "prepare.cifar10.source=auto", "prepare.cifar10.mirror=src.tar.gz"],
+        cwd=copy,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads((copy / "metrics" / "prepare.json").read_text())
+    assert report["source"]["kind"] == "mirror"
+    assert report["source"]["path"] == str(project.resolve() / "src.tar.gz")

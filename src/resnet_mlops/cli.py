@@ -101,9 +101,13 @@ def prepare_command(
     ),
 ) -> None:
     """Read the raw source, verify every image and write the verified data and its manifest."""
-    from resnet_mlops.data.prepare import PrepareParams, prepare
+    from resnet_mlops.data.prepare import PrepareParams, anchor_sources, prepare
+    from resnet_mlops.project import project_root
 
     dataset, stage = _stage_params(params, "prepare", PrepareParams, overrides)
+    root = project_root(Path.cwd())
+    if root != Path.cwd().resolve():  # a DVC experiment's copy: paths are the project's
+        stage = anchor_sources(stage, root)
     out = out or Path("data/prepared") / dataset
     try:
         result = prepare(dataset, stage, out, report, download_dir)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -74,6 +74,28 @@ class ResolvedSource:
             "path": str(self.path),
             "sha256": self.sha256,
         }
+
+
+def anchor_sources(params: PrepareParams, root: Path) -> PrepareParams:
+    """``params`` with relative source paths (the mirror, a folder or archive) taken from
+    ``root`` rather than the current folder.
+
+    A queued or ``--temp`` DVC experiment runs in a copy of the project under
+    ``.dvc/tmp/exps/``, where ``../shared/datasets`` names nothing; params.yaml's paths are
+    relative to the project itself. URLs and absolute paths are left as they are.
+    """
+
+    def anchored(value: str) -> str:
+        if value in ("", "auto") or is_url(value) or Path(value).is_absolute():
+            return value
+        return str(root / value)
+
+    cifar = params.cifar10
+    return replace(
+        params,
+        cifar10=replace(cifar, source=anchored(cifar.source), mirror=anchored(cifar.mirror)),
+        imagenet=replace(params.imagenet, source=anchored(params.imagenet.source)),
+    )
 
 
 def resolve_cifar10_source(params: Cifar10Source, download_dir: Path) -> ResolvedSource:

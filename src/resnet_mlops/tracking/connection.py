@@ -10,6 +10,8 @@ from pathlib import Path
 
 import mlflow
 
+from resnet_mlops.project import project_root
+
 SQLITE_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
 
@@ -20,15 +22,6 @@ HTTP_LIMITS: dict[str, str] = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
 }
-
-
-_DVC_EXPERIMENT_COPY = re.compile(r"^(?P<root>.+?)/\.dvc/tmp/exps/")
-
-
-def project_root(cwd: Path) -> Path:
-    """The project folder, also from inside a DVC experiment's temporary copy of it."""
-    match = _DVC_EXPERIMENT_COPY.match(cwd.resolve().as_posix() + "/")
-    return Path(match["root"]) if match else cwd.resolve()
 
 
 def default_tracking_uri(root: Path) -> str:
