@@ -60,7 +60,10 @@ def plot_training_curves(history: list[dict[str, float]], path: Path, title: str
     errors.plot(epochs, [r["val_error"] for r in history], label="val error", lw=2)
     errors.set_ylabel("error (%)")
     losses.plot(epochs, [r["train_loss"] for r in history], label="train loss", lw=1.2)
-    losses.plot(epochs, [r["val_loss"] for r in history], label="val loss", lw=2)
+    # Trained without a validation split, the end-of-epoch evaluation is on the test set and
+    # the loop logs test_loss (only the top-1 error is renamed val_error).
+    loss_key = "val_loss" if "val_loss" in history[-1] else "test_loss"
+    losses.plot(epochs, [r[loss_key] for r in history], label=loss_key.replace("_", " "), lw=2)
     losses.set_ylabel("cross-entropy")
     for axes in (errors, losses):
         axes.set_xlabel("epoch")

@@ -78,9 +78,11 @@ class ProgressReporter:
         """One line per epoch, on a terminal and in logs alike."""
         if not self.enabled:
             return
+        # Without a validation split the end-of-epoch evaluation is on the test set.
+        split = "val" if "val_loss" in record else "test"
         line = (
             f"epoch {int(record['epoch'])}/{self.epochs}: train loss {record['train_loss']:.4f} "
-            f"err {record['train_error']:.2f}% | val loss {record.get('val_loss', 0):.4f} "
+            f"err {record['train_error']:.2f}% | {split} loss {record.get(f'{split}_loss', 0):.4f} "
             f"err {record['val_error']:.2f}% | lr {record['lr']:.4g} | "
             f"{record['images_per_second']:,.0f} img/s"
         )
