@@ -266,15 +266,13 @@ def test_resume_problems_are_one_line_errors_and_overwrite_nothing(
 
 @pytest.mark.slow
 def test_torchrun_two_cpu_processes_with_gloo(tmp_path: Path, small_cifar: Path) -> None:
-    torchrun = shutil.which("torchrun")
-    assert torchrun is not None
+    # The launch path of the image and the Prefect flows: `resnet train` with torchrun's
+    # PET_NPROC_PER_NODE re-runs itself under torch.distributed.run (--standalone, gloo).
+    resnet = shutil.which("resnet", path=str(Path(sys.executable).parent))
+    assert resnet is not None
     result = subprocess.run(
         [
-            torchrun,
-            "--standalone",
-            "--nproc_per_node=2",
-            "-m",
-            "resnet_mlops.cli",
+            resnet,
             "train",
             "--params",
             str(PARAMS),
@@ -291,7 +289,7 @@ def test_torchrun_two_cpu_processes_with_gloo(tmp_path: Path, small_cifar: Path)
         capture_output=True,
         text=True,
         timeout=600,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PET_NPROC_PER_NODE": "2"},
     )
     assert result.returncode == 0, result.stdout + result.stderr
     history = json.loads((tmp_path / "h.json").read_text())

@@ -164,11 +164,22 @@ def train_command(
         ),
     ] = False,
 ) -> None:
-    """Train a model with the paper's recipe (the train section of params.yaml)."""
+    """Train a model with the paper's recipe (the train section of params.yaml).
+
+    With torchrun's ``PET_NPROC_PER_NODE`` / ``PET_NNODES`` set for more than one process, it
+    re-runs itself under ``torch.distributed.run`` (see ``resnet_mlops.train.launch``).
+    """
     from resnet_mlops.train.checkpoint import CheckpointError
     from resnet_mlops.train.entry import run_training
+    from resnet_mlops.train.launch import launch_requested, relaunch_under_torchrun
     from resnet_mlops.train.loop import Interrupted
 
+    if launch_requested(os.environ):
+        paths = {"--params": params, "--out": out, "--metrics": metrics, "--history": history}
+        argv = [str(part) for option, path in paths.items() for part in (option, path)]
+        argv += ["--data", str(data)] if data else []
+        argv += ["--resume"] * resume + ["--auto-resume"] * auto_resume
+        relaunch_under_torchrun(["train", *argv, *(overrides or [])])
     try:
         mode = "auto" if auto_resume and not resume else resume
         result = run_training(params, overrides or [], data, out, metrics, history, mode)

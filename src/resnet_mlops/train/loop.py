@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
@@ -158,7 +159,7 @@ def _train(
     provenance: dict[str, Any],
     config: dict[str, Any],
 ) -> TrainResult:
-    checkpoint = load_checkpoint(paths.checkpoint, model=params.model) if resume else None
+    checkpoint = _shared_checkpoint(paths.checkpoint, params.model, resume, runtime)
     seed_everything(params.seed, params.deterministic)
     if params.batch_size % runtime.world_size:
         raise ValueError(
@@ -308,6 +309,29 @@ def _train(
             config=config,
         )
     return TrainResult(final, state.history, model, state.iteration)
+
+
+def _shared_checkpoint(
+    path: Path, model: str, resume: bool, runtime: Runtime
+) -> dict[str, Any] | None:
+    """Rank 0 decides whether to resume and reads the checkpoint; every rank gets a copy.
+
+    Ranks on other nodes need not see rank 0's disk, and all ranks must start from the same
+    state, whatever the number of ranks that wrote it (the checkpoint holds the unwrapped
+    model and the global position in the run, nothing per rank).
+    """
+    if not runtime.distributed:
+        return load_checkpoint(path, model=model) if resume else None
+    message: list[Any] = [None]
+    if runtime.is_main and resume:
+        try:
+            message[0] = load_checkpoint(path, model=model)
+        except CheckpointError as error:
+            message[0] = error
+    dist.broadcast_object_list(message, src=0)
+    if isinstance(message[0], CheckpointError):
+        raise message[0]
+    return message[0]
 
 
 def _run_epoch(

@@ -123,8 +123,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
     }
     np.random.set_state(numpy_state)
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if torch.cuda.is_available():
+        # One state per GPU of the machine that saved it; this one may have more or fewer.
+        for index, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, index)
 
 
 def _as_tuple(value: Any) -> Any:
