@@ -1,0 +1,104 @@
+"""The Prefect flows' building blocks without a server: the stages come from dvc.yaml in an
+order DVC allows, params are validated and written the way DVC reads them."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import PARAMS, REPO
+
+from pipelines.dag import pipeline_stages
+from pipelines.pipeline import NPROC_ENV, experiment_name, stage_env
+from pipelines.summary import artifact_key, run_link
+from pipelines.workspace import ConfigError, lock_name, run_overrides, validate_params, write_params
+from resnet_mlops.tracking import RUN_TAGS_ENV
+
+
+def test_the_flow_runs_the_stages_dvc_lists_each_after_its_dependencies() -> None:
+    listed = subprocess.run(
+        [sys.executable, "-m", "dvc", "stage", "list", "--name-only"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    stages = pipeline_stages(REPO)
+    assert sorted(stages) == sorted(listed) and len(stages) == len(listed)
+    # Every stage that reads another stage's output runs after it (the DAG of dvc.yaml).
+    pipeline = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    dataset = yaml.safe_load(PARAMS.read_text())["dataset"]
+
+    def paths(entries: list) -> set[str]:
+        names = {next(iter(e)) if isinstance(e, dict) else e for e in entries}
+        return {n.replace("${dataset}", dataset) for n in names}
+
+    producer = {
+        path: name
+        for name, stage in pipeline.items()
+        for key in ("outs", "metrics")
+        for path in paths(stage.get(key, []))
+    }
+    for name, stage in pipeline.items():
+        for dep in paths(stage.get("deps", [])):
+            if dep in producer:
+                assert stages.index(producer[dep]) < stages.index(name), (dep, name)
+
+
+def test_overrides_are_checked_by_the_stages_parsers() -> None:
+    assert run_overrides("cifar10", "resnet32", ["train.seed=1"]) == [
+        "dataset=cifar10",
+        "train.model=resnet32",
+        "train.seed=1",
+    ]
+    tree = validate_params(PARAMS, ["train.model=plain56", "evaluate.batch_size=64"])
+    assert tree["train"]["model"] == "plain56" and tree["evaluate"]["batch_size"] == 64
+    for bad, message in [
+        ("train.lrr=1", "unknown key train.lrr"),
+        ("train.model=resnet21", "unknown model 'resnet21'"),
+        ("register.margin=abc", "register.margin"),
+        ("prepare.cifar10.md5", "not of the form key=value"),
+        ("dataset=mnist", "dataset"),
+    ]:
+        with pytest.raises(ConfigError, match=message) as error:
+            validate_params(PARAMS, [bad])
+        assert str(error.value).startswith(f"{PARAMS}:")
+
+
+def test_written_params_keep_comments_and_change_only_the_keys_named(tmp_path: Path) -> None:
+    params = tmp_path / "params.yaml"
+    shutil.copyfile(PARAMS, params)
+    before = params.read_text()
+    write_params(params, ["train.model=resnet32", "train.schedule.milestones=[10, 20]"])
+    after = params.read_text()
+    tree = yaml.safe_load(after)
+    assert tree["train"]["model"] == "resnet32"
+    assert tree["train"]["schedule"]["milestones"] == [10, 20]
+    # Comments and layout stay (DVC's own round-trip YAML, as `dvc exp run -S` writes).
+    comments = [line.partition("#")[2] for line in before.splitlines() if "#" in line]
+    assert all(f"#{comment}" in after for comment in comments)
+    assert "milestones: [10, 20]" in after and "model: resnet32  # any name" in after
+    assert len(after.splitlines()) == len(before.splitlines())
+    write_params(params, ["train.model=resnet32"])  # no change: the file is not rewritten
+    assert params.read_text() == after
+
+
+def test_stage_environment_grid_tags_and_processes_per_node() -> None:
+    tags = {"mlflow.parentRunId": "abc", "grid": "g"}
+    assert stage_env("train", tags, 4) == {
+        RUN_TAGS_ENV: '{"mlflow.parentRunId": "abc", "grid": "g"}',
+        NPROC_ENV: "4",
+    }
+    assert stage_env("evaluate", None, 4) == {}
+    assert stage_env("train", None, 1) == {}
+
+
+def test_names_links_and_locks() -> None:
+    assert experiment_name("crimson fox/1") == "prefect-crimson-fox-1"
+    assert artifact_key("cifar10", "ResNet_20", "summary") == "cifar10-resnet-20-summary"
+    assert run_link("sqlite:///tmp/mlflow.db", "abc") is None
+    assert lock_name(REPO) == lock_name(REPO / ".") != lock_name(REPO.parent)
