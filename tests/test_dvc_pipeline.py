@@ -21,7 +21,7 @@ from mlflow import MlflowClient
 from resnet_mlops.config import apply_overrides, read_yaml
 from resnet_mlops.train.entry import RESUME_KEY_FILE, run_training
 
-STAGES = ("prepare", "preprocess", "train", "evaluate", "register")
+STAGES = ("prepare", "preprocess", "train", "evaluate", "register", "report")
 NAME = "dvc-test-classifier"
 # The real params.yaml, shrunk: 200 training images, 30 iterations of batches of 32.
 SHRINK = [
@@ -158,7 +158,7 @@ def test_repro_then_nothing_then_only_what_a_param_change_touches(repo: Path) ->
     tree["train"]["model"] = "plain20"
     (repo / "params.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
     third = run(sys.executable, "-m", "dvc", "repro", cwd=repo)
-    assert ran(third) == ["train", "evaluate", "register"]
+    assert ran(third) == ["train", "evaluate", "register", "report"]
     assert "Stage 'prepare' didn't change" in third
     assert "Stage 'preprocess' didn't change" in third
     # The kept checkpoint belongs to the old model: it is not resumed.

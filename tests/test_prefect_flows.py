@@ -40,7 +40,7 @@ from resnet_mlops.config import apply_overrides, read_yaml
 
 pytestmark = pytest.mark.slow
 
-STAGES = ["prepare", "preprocess", "train", "evaluate", "register"]
+STAGES = ["prepare", "preprocess", "train", "evaluate", "register", "report"]
 POOL = "resnet-process"  # prefect.yaml's work pool
 STARTUP_TIMEOUT_S = 240.0  # a Prefect server takes 30-60 s to start on 2 busy cores
 RUN_TIMEOUT_S = 900.0

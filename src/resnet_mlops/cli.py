@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -213,6 +214,104 @@ def evaluate_command(
         fail(str(error), 2 if isinstance(error, ConfigError) else 1)
     errors = {k: round(v, 2) for k, v in result.items() if k.endswith("error")}
     typer.echo(f"evaluated {result['model']} on {result['samples']} images: {errors}")
+
+
+@app.command("report")
+def report_command(
+    overrides: Overrides = None,
+    params: ParamsOption = Path("params.yaml"),
+    experiment: Annotated[
+        str | None, typer.Option(help="MLflow experiment. Default: report.experiment.")
+    ] = None,
+    grid: Annotated[
+        str | None, typer.Option(help="Only runs tagged grid=<name>. Default: report.grid.")
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="Preprocessed CIFAR-10 for Figure 7. Default: data/preprocessed/cifar10."
+        ),
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Folder for the HTML page and PNGs.")] = Path(
+        "reports/latest"
+    ),
+    metrics: Annotated[
+        Path | None, typer.Option(help="Also write the table's numbers here (DVC metrics).")
+    ] = None,
+) -> None:
+    """The paper's Table 6, Figures 6 and 7 and the ImageNet table from MLflow runs."""
+    from resnet_mlops.config import load_sections
+    from resnet_mlops.data.io import write_json_atomic
+    from resnet_mlops.report import ReportError, ReportParams, build_report
+    from resnet_mlops.report.build import summary_metrics
+    from resnet_mlops.train.entry import tracking_uri
+    from resnet_mlops.train.params import TrainParams
+
+    try:
+        _, sections, _ = load_sections(
+            params, {"report": ReportParams, "train": TrainParams}, overrides or []
+        )
+    except ConfigError as error:
+        fail(str(error))
+    settings: ReportParams = sections["report"]
+    if experiment is None:
+        experiment = settings.experiment
+        if experiment == "auto":
+            experiment = sections["train"].experiment
+    default_data = Path("data/preprocessed/cifar10")
+    data = data or (default_data if default_data.exists() else None)
+    try:
+        report = build_report(
+            tracking_uri(Path.cwd()),
+            out,
+            experiment=experiment,
+            grid=grid if grid is not None else settings.grid or None,
+            data_dir=data,
+            response_images=settings.response_images,
+        )
+    except (ReportError, DataError) as error:
+        fail(str(error), 1)
+    if metrics is not None:
+        write_json_atomic(metrics, summary_metrics(report))
+    typer.echo(f"report: {report.html} ({len(report.figures)} figures)")
+
+
+@app.command("study")
+def study_command(
+    name: Annotated[str | None, typer.Argument(help="A study; none lists them.")] = None,
+    studies: Annotated[Path, typer.Option(help="The studies file.")] = Path("studies.yaml"),
+    params: ParamsOption = Path("params.yaml"),
+    flow: Annotated[
+        bool, typer.Option("--flow", help="Print Prefect grid flow commands, not DVC ones.")
+    ] = False,
+    include_optional: Annotated[
+        bool, typer.Option("--all", help="Include optional models (ResNet-1202).")
+    ] = False,
+) -> None:
+    """Print a paper study (studies.yaml) as `dvc exp run --queue` lines, checked first."""
+    from resnet_mlops.report.studies import (
+        dvc_commands,
+        flow_commands,
+        load_studies,
+        stage_sections,
+        validate_study,
+    )
+
+    try:
+        found = load_studies(studies)
+        if name is None:
+            for study in found.values():
+                typer.echo(f"{study.name}: {study.about} (grid {study.grid})")
+            return
+        if name not in found:
+            fail(f"{studies}: no study {name!r} (known: {', '.join(found)})")
+        validate_study(found[name], params, stage_sections())
+    except ConfigError as error:
+        fail(str(error))
+    lines = (flow_commands if flow else dvc_commands)(
+        found[name], include_optional=include_optional
+    )
+    typer.echo("\n".join(lines))
 
 
 @app.callback()
