@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The shortened CIFAR-10 degradation study behind this report (run from the project root):
+# plain and residual nets at 20 and 56 layers, the paper's recipe cut to 3,200 iterations
+# (8 epochs, learning rate /10 at 1,600 and 2,400), trained on all 50k images and tested on
+# the 10k test images after every epoch (Figure 6's protocol). Each is an MLflow run in the
+# resnet-cifar10 experiment, nested under one parent run; `resnet report` draws from them.
+set -euo pipefail
+out=runs/paper-cifar10-cpu
+grid=paper-cifar10-cpu
+schedule=(train.schedule.length=3200 'train.schedule.milestones=[1600,2400]'
+  train.checkpoint_every=400 train.log_every=50)
+
+resnet preprocess preprocess.cifar10.val_size=0 --prepared data/prepared/cifar10 \
+  --out "$out/data" --report "$out/preprocess.json"
+parent=$(python - "$grid" <<'PY'
+import sys, mlflow
+from pathlib import Path
+from resnet_mlops.train.entry import tracking_uri
+client = mlflow.MlflowClient(tracking_uri(Path.cwd()))
+exp = client.get_experiment_by_name("resnet-cifar10")
+exp_id = exp.experiment_id if exp else client.create_experiment("resnet-cifar10")
+run = client.create_run(exp_id, run_name=f"grid {sys.argv[1]}", tags={"grid": sys.argv[1]})
+print(run.info.run_id)
+PY
+)
+for model in plain20 resnet20 plain56 resnet56; do
+  RESNET_RUN_TAGS="{\"mlflow.parentRunId\": \"$parent\", \"grid\": \"$grid\"}" \
+    resnet train train.model=$model "${schedule[@]}" --data "$out/data" --out "$out/$model" \
+    --metrics "$out/$model/train.json" --history "$out/$model/history.json"
+done
+python -c "import mlflow, sys; from pathlib import Path; \
+from resnet_mlops.train.entry import tracking_uri; \
+mlflow.MlflowClient(tracking_uri(Path.cwd())).set_terminated(sys.argv[1])" "$parent"
