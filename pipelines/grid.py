@@ -20,7 +20,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from pipelines.pipeline import resnet_pipeline
+from pipelines.pipeline import add_run_arguments, resnet_pipeline, run_arguments
 from pipelines.summary import artifact_key, champion_line, tracking_uri
 from pipelines.workspace import run_overrides, validate_params
 from resnet_mlops.tracking.connection import short_http_limits
@@ -203,23 +203,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m pipelines.grid", description=__doc__)
     parser.add_argument("--models", nargs="+", default=None)
     parser.add_argument("--grid", default="paper-cifar10")
-    parser.add_argument("--dataset")
-    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--nproc-per-node", type=int, default=1)
-    parser.add_argument("--retries", type=int, default=2)
-    parser.add_argument("--no-experiment", action="store_true", help="skip dvc exp save")
-    parser.add_argument("--workspace")
+    add_run_arguments(parser)
     args = parser.parse_args(argv)
     state = resnet_grid(
-        models=args.models,
-        grid=args.grid,
-        dataset=args.dataset,
-        overrides=args.override,
-        nproc_per_node=args.nproc_per_node,
-        retries=args.retries,
-        save_experiment=not args.no_experiment,
-        workspace=args.workspace,
-        return_state=True,
+        models=args.models, grid=args.grid, **run_arguments(args), return_state=True
     )
     if not state.is_completed():
         sys.exit(f"resnet-grid: {state.message}")

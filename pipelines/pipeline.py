@@ -166,27 +166,35 @@ def resnet_pipeline(
     return outcome.as_dict()
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``python -m pipelines.pipeline``: run the flow here, no Prefect server needed."""
-    parser = argparse.ArgumentParser(prog="python -m pipelines.pipeline", description=__doc__)
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The command-line options both flows take (``python -m pipelines.<flow>``)."""
     parser.add_argument("--dataset")
-    parser.add_argument("--model")
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--nproc-per-node", type=int, default=1)
     parser.add_argument("--retries", type=int, default=2)
     parser.add_argument("--no-experiment", action="store_true", help="skip dvc exp save")
     parser.add_argument("--workspace")
+
+
+def run_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """The flow parameters :func:`add_run_arguments`'s options give."""
+    return {
+        "dataset": args.dataset,
+        "overrides": args.override,
+        "nproc_per_node": args.nproc_per_node,
+        "retries": args.retries,
+        "save_experiment": not args.no_experiment,
+        "workspace": args.workspace,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m pipelines.pipeline``: run the flow here, no Prefect server needed."""
+    parser = argparse.ArgumentParser(prog="python -m pipelines.pipeline", description=__doc__)
+    parser.add_argument("--model")
+    add_run_arguments(parser)
     args = parser.parse_args(argv)
-    state = resnet_pipeline(
-        dataset=args.dataset,
-        model=args.model,
-        overrides=args.override,
-        nproc_per_node=args.nproc_per_node,
-        retries=args.retries,
-        save_experiment=not args.no_experiment,
-        workspace=args.workspace,
-        return_state=True,
-    )
+    state = resnet_pipeline(model=args.model, **run_arguments(args), return_state=True)
     if not state.is_completed():
         sys.exit(f"resnet-pipeline: {state.message}")
 
