@@ -7,6 +7,7 @@ import http.server
 import io
 import os
 import pickle
+import shutil
 import tarfile
 import threading
 from collections.abc import Iterator
@@ -20,6 +21,23 @@ PARAMS = REPO / "params.yaml"
 DATASETS = REPO.parent / "shared" / "datasets"
 CIFAR_MIRROR = DATASETS / "cifar10-jpg.tar.gz"
 IMAGENET_SAMPLE = DATASETS / "imagenet-sample.tar.gz"
+# What a clone holds besides src/: the pipeline, its params and the DVC config with its remote.
+PROJECT_FILES = ("dvc.yaml", ".dvcignore", ".gitignore", ".dvc/config", ".dvc/.gitignore")
+
+
+def copy_project(
+    repo: Path, files: tuple[str, ...] = PROJECT_FILES, packages: tuple[str, ...] = ()
+) -> Path:
+    """Copy the pipeline's files and ``src/resnet_mlops`` (the code deps of dvc.yaml; the
+    ``resnet`` that runs is the installed one) plus ``packages`` into ``repo``."""
+    for name in files:
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(REPO / name, repo / name)
+    for package in ("src/resnet_mlops", *packages):
+        shutil.copytree(
+            REPO / package, repo / package, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    return repo
 
 
 @pytest.fixture(scope="session")

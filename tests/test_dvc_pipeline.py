@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import CIFAR_MIRROR, PARAMS, REPO
+from conftest import CIFAR_MIRROR, PARAMS, copy_project
 from mlflow import MlflowClient
 
 from resnet_mlops.config import apply_overrides, read_yaml
@@ -37,8 +36,6 @@ SHRINK = [
     "evaluate.batch_size=100",
     f"register.name={NAME}",
 ]
-# What a clone holds besides src/: the pipeline, its params and the DVC config with its remote.
-PROJECT_FILES = ("dvc.yaml", ".dvcignore", ".gitignore", ".dvc/config", ".dvc/.gitignore")
 GIT_IDENTITY = {
     "GIT_AUTHOR_NAME": "test",
     "GIT_AUTHOR_EMAIL": "test@example.com",
@@ -92,16 +89,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     point the prepare stage at a small class-folder subset of the mirror."""
     tmp = tmp_path_factory.mktemp("dvc")
     source = class_folders(tmp / "cifar-subset", {"train": 20, "test": 10})
-    repo = tmp / "repo"
-    for name in PROJECT_FILES:
-        (repo / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(REPO / name, repo / name)
-    # The code deps of dvc.yaml; the `resnet` that runs is the installed one.
-    shutil.copytree(
-        REPO / "src" / "resnet_mlops",
-        repo / "src" / "resnet_mlops",
-        ignore=shutil.ignore_patterns("__pycache__"),
-    )
+    repo = copy_project(tmp / "repo")
     tree = apply_overrides(read_yaml(PARAMS), [f"prepare.cifar10.source={source}", *SHRINK])
     (repo / "params.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
     run("git", "init", "-q", cwd=repo)

@@ -14,7 +14,6 @@ import contextvars
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -30,10 +29,10 @@ from typing import Any
 import psutil
 import pytest
 import yaml
-from conftest import PARAMS, REPO
+from conftest import PARAMS, PROJECT_FILES, copy_project
 from mlflow import MlflowClient
 from mlflow_server import MlflowServer, free_port, start_mlflow_server
-from test_dvc_pipeline import GIT_IDENTITY, PROJECT_FILES, SHRINK, class_folders
+from test_dvc_pipeline import GIT_IDENTITY, SHRINK, class_folders
 
 from pipelines.dag import pipeline_stages
 from resnet_mlops.config import apply_overrides, read_yaml
@@ -100,14 +99,7 @@ def make_workspace(root: Path) -> Path:
     """A git repository with the project's pipeline, flows and prefect.yaml, and params shrunk
     to a small class-folder subset of the CIFAR-10 mirror (as in test_dvc_pipeline)."""
     source = class_folders(root / "cifar-subset", {"train": 20, "test": 10})
-    repo = root / "repo"
-    for name in (*PROJECT_FILES, "prefect.yaml"):
-        (repo / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(REPO / name, repo / name)
-    for package in ("src/resnet_mlops", "pipelines"):
-        shutil.copytree(
-            REPO / package, repo / package, ignore=shutil.ignore_patterns("__pycache__")
-        )
+    repo = copy_project(root / "repo", (*PROJECT_FILES, "prefect.yaml"), packages=("pipelines",))
     tree = apply_overrides(read_yaml(PARAMS), [f"prepare.cifar10.source={source}", *SHRINK])
     (repo / "params.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
     env = {**os.environ, **GIT_IDENTITY}

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import PARAMS, REPO
+from conftest import PARAMS, copy_project
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
@@ -212,15 +212,7 @@ def test_layer_responses_are_the_bn_after_each_3x3_conv() -> None:
 def test_dvc_report_stage_runs_resnet_report_and_records_its_params(grid, tmp_path: Path) -> None:
     """``dvc repro --single-item report`` in a fresh git repository with the project's
     dvc.yaml, on the upstream stages' outputs (stand-ins) and the grid's MLflow runs."""
-    repo = tmp_path / "repo"
-    for name in ("dvc.yaml", ".dvcignore", ".dvc/config", ".dvc/.gitignore"):
-        (repo / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(REPO / name, repo / name)
-    shutil.copytree(
-        REPO / "src" / "resnet_mlops",
-        repo / "src" / "resnet_mlops",
-        ignore=shutil.ignore_patterns("__pycache__"),
-    )
+    repo = copy_project(tmp_path / "repo")
     changes = [f"train.experiment={EXPERIMENT}", f"report.grid={GRID}", "report.response_images=8"]
     tree = apply_overrides(read_yaml(PARAMS), changes)
     (repo / "params.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
