@@ -4,10 +4,13 @@
 # (8 epochs, learning rate /10 at 1,600 and 2,400), trained on all 50k images and tested on
 # the 10k test images after every epoch (Figure 6's protocol). Each is an MLflow run in the
 # resnet-cifar10 experiment, nested under one parent run; `resnet report` draws from them.
+#
+# GRID, LENGTH, MILESTONES and MODELS change the grid's name, schedule and models (defaults:
+# this report's).
 set -euo pipefail
-out=runs/paper-cifar10-cpu
-grid=paper-cifar10-cpu
-schedule=(train.schedule.length=3200 'train.schedule.milestones=[1600,2400]'
+grid=${GRID:-paper-cifar10-cpu}
+out=runs/$grid
+schedule=("train.schedule.length=${LENGTH:-3200}" "train.schedule.milestones=${MILESTONES:-[1600,2400]}"
   train.checkpoint_every=400 train.log_every=50)
 
 resnet preprocess preprocess.cifar10.val_size=0 --prepared data/prepared/cifar10 \
@@ -23,7 +26,7 @@ run = client.create_run(exp_id, run_name=f"grid {sys.argv[1]}", tags={"grid": sy
 print(run.info.run_id)
 PY
 )
-for model in plain20 resnet20 plain56 resnet56; do
+for model in ${MODELS:-plain20 resnet20 plain56 resnet56}; do
   RESNET_RUN_TAGS="{\"mlflow.parentRunId\": \"$parent\", \"grid\": \"$grid\"}" \
     resnet train train.model=$model "${schedule[@]}" --data "$out/data" --out "$out/$model" \
     --metrics "$out/$model/train.json" --history "$out/$model/history.json"
