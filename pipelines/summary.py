@@ -8,7 +8,6 @@ only reads them and formats the markdown summary and the metrics table.
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,9 +15,9 @@ from typing import Any
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from resnet_mlops.tracking import default_tracking_uri
 from resnet_mlops.tracking.connection import short_http_limits
 from resnet_mlops.train.checkpoint import load_checkpoint
+from resnet_mlops.train.entry import tracking_uri  # where the stages record their runs
 
 MODEL_FILE = Path("models/model.pt")
 METRICS = {
@@ -66,11 +65,6 @@ class RunOutcome:
             "run_link": self.run_link,
             "metrics": self.metrics,
         }
-
-
-def tracking_uri(root: Path) -> str:
-    """Where the stages record their runs: ``MLFLOW_TRACKING_URI`` or the project's store."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(root)
 
 
 def run_link(uri: str, run_id: str) -> str | None:

@@ -18,10 +18,11 @@ resnet preprocess preprocess.cifar10.val_size=0 --prepared data/prepared/cifar10
 parent=$(python - "$grid" <<'PY'
 import sys, mlflow
 from pathlib import Path
+from resnet_mlops.tracking.runs import experiment_id
 from resnet_mlops.train.entry import tracking_uri
-client = mlflow.MlflowClient(tracking_uri(Path.cwd()))
-exp = client.get_experiment_by_name("resnet-cifar10")
-exp_id = exp.experiment_id if exp else client.create_experiment("resnet-cifar10")
+uri = tracking_uri(Path.cwd())
+client = mlflow.MlflowClient(uri)
+exp_id = experiment_id(client, "resnet-cifar10", uri)
 run = client.create_run(exp_id, run_name=f"grid {sys.argv[1]}", tags={"grid": sys.argv[1]})
 print(run.info.run_id)
 PY
