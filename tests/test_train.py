@@ -220,6 +220,25 @@ def test_bad_model_and_param_type_are_one_line_errors(tmp_path: Path) -> None:
     )
 
 
+def test_bad_run_tags_are_a_one_line_error_and_keep_the_checkpoint(tmp_path: Path) -> None:
+    """A bad RESNET_RUN_TAGS stops `resnet train` before a fresh start voids the checkpoint."""
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "checkpoint.pt").write_bytes(b"an earlier run's checkpoint")
+    result = subprocess.run(
+        ["resnet", "train", "--params", str(PARAMS), "--out", str(models)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "RESNET_RUN_TAGS": "{not json"},
+    )
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: RESNET_RUN_TAGS: not JSON")
+    assert (models / "checkpoint.pt").read_bytes() == b"an earlier run's checkpoint"
+    assert sorted(p.name for p in models.iterdir()) == ["checkpoint.pt"]
+
+
 def test_resume_problems_are_one_line_errors_and_overwrite_nothing(
     tmp_path: Path, small_cifar: Path
 ) -> None:

@@ -151,6 +151,7 @@ def run_training(
     from resnet_mlops.tracking import env_tags, git_tags
 
     dataset, train_params, loader_params, tree = load_train_params(params_path, overrides)
+    extra_tags = env_tags()  # a bad RESNET_RUN_TAGS fails here, before any file is touched
     data_dir = data or Path("data/preprocessed") / dataset
     paths = TrainPaths(out / "checkpoint.pt", out / "model.pt", metrics, history)
     root = Path.cwd()
@@ -165,7 +166,7 @@ def run_training(
         # next to a key is always one that key's run wrote.
         paths.checkpoint.unlink(missing_ok=True)
         write_json_atomic(out / RESUME_KEY_FILE, key)
-    tags = {**git_tags(root), "dataset": dataset, "model": train_params.model, **env_tags()}
+    tags = {**git_tags(root), "dataset": dataset, "model": train_params.model, **extra_tags}
     sink = (
         _TrackerSink(
             train_params.experiment,
