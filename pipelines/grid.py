@@ -21,8 +21,9 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from pipelines.pipeline import add_run_arguments, resnet_pipeline, run_arguments
-from pipelines.summary import artifact_key, champion_line, tracking_uri
+from pipelines.summary import artifact_key, champion_line
 from pipelines.workspace import run_overrides, validate_params
+from resnet_mlops.tracking import tracking_uri
 from resnet_mlops.tracking.connection import short_http_limits
 from resnet_mlops.tracking.runs import experiment_id
 

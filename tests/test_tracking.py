@@ -38,6 +38,7 @@ from resnet_mlops.tracking import (
     plot_curves,
     read_history,
     replay_metrics,
+    tracking_uri,
 )
 from resnet_mlops.tracking.connection import HTTP_LIMITS
 from resnet_mlops.tracking.git import GIT_DIRTY_TAG
@@ -110,6 +111,15 @@ def test_default_tracking_uri_is_absolute_sqlite(
     uri = default_tracking_uri(Path("."))
     assert uri == f"sqlite:///{tmp_path.resolve().as_posix()}/mlflow.db"
     assert uri.startswith("sqlite:////")
+
+
+def test_tracking_uri_prefers_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    assert tracking_uri(tmp_path) == "http://127.0.0.1:5999"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert tracking_uri(tmp_path) == default_tracking_uri(tmp_path)
 
 
 def test_git_tags_record_commit_and_dirty_tree(

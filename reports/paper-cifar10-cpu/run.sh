@@ -19,7 +19,7 @@ parent=$(python - "$grid" <<'PY'
 import sys, mlflow
 from pathlib import Path
 from resnet_mlops.tracking.runs import experiment_id
-from resnet_mlops.train.entry import tracking_uri
+from resnet_mlops.tracking import tracking_uri
 uri = tracking_uri(Path.cwd())
 client = mlflow.MlflowClient(uri)
 exp_id = experiment_id(client, "resnet-cifar10", uri)
@@ -33,5 +33,5 @@ for model in ${MODELS:-plain20 resnet20 plain56 resnet56}; do
     --metrics "$out/$model/train.json" --history "$out/$model/history.json"
 done
 python -c "import mlflow, sys; from pathlib import Path; \
-from resnet_mlops.train.entry import tracking_uri; \
+from resnet_mlops.tracking import tracking_uri; \
 mlflow.MlflowClient(tracking_uri(Path.cwd())).set_terminated(sys.argv[1])" "$parent"

@@ -244,7 +244,7 @@ def report_command(
     from resnet_mlops.data.io import write_json_atomic
     from resnet_mlops.report import ReportError, ReportParams, build_report
     from resnet_mlops.report.build import summary_metrics
-    from resnet_mlops.train.entry import tracking_uri
+    from resnet_mlops.tracking import tracking_uri
     from resnet_mlops.train.params import TrainParams
 
     try:

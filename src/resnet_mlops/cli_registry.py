@@ -22,11 +22,11 @@ def _fail(message: str, code: int = 1) -> NoReturn:
 
 
 def _tracking_uri() -> str:
-    from resnet_mlops.registry.connection import registry_uri
+    from resnet_mlops.tracking import tracking_uri
 
     # MLflow draws a progress bar per download; a command line wants its one line of result.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    return registry_uri(Path.cwd())
+    return tracking_uri(Path.cwd())
 
 
 def _reason(error: Exception) -> str:

@@ -3,34 +3,23 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from resnet_mlops.tracking import default_tracking_uri
 from resnet_mlops.tracking.connection import short_http_limits
 from resnet_mlops.tracking.uploader import describe, is_permanent
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 
-# `dvc exp run --temp` and queued experiments run in <root>/.dvc/tmp/exps/<name>/, a copy that
-# is deleted afterwards.
-
 
 class RegistryError(Exception):
     """A registry problem a user can fix; the message is one line naming the model or server."""
-
-
-def registry_uri(cwd: Path) -> str:
-    """``MLFLOW_TRACKING_URI``, or the project's SQLite store (the one ``resnet train`` uses)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(cwd)
 
 
 @contextlib.contextmanager

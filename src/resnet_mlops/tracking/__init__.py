@@ -2,7 +2,7 @@
 
 The trainer, on rank 0 (other ranks pass ``enabled=False``)::
 
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(root)  # entry point
+    uri = tracking_uri(root)  # MLFLOW_TRACKING_URI, or <root>/mlflow.db
     with RunTracker(experiment=cfg.experiment, tracking_uri=uri, run_id=checkpoint_run_id,
                     history_path=out / "history.jsonl") as tracker:
         run_id = tracker.start(to_dict(cfg), git_tags(root), data_version=data_md5)
@@ -15,7 +15,7 @@ The history file keeps every value even if the server never comes back;
 :func:`replay_metrics` sends it later.
 """
 
-from resnet_mlops.tracking.connection import default_tracking_uri
+from resnet_mlops.tracking.connection import default_tracking_uri, tracking_uri
 from resnet_mlops.tracking.curves import plot_curves
 from resnet_mlops.tracking.env import RUN_TAGS_ENV, env_tags
 from resnet_mlops.tracking.git import git_tags
@@ -34,4 +34,5 @@ __all__ = [
     "plot_curves",
     "read_history",
     "replay_metrics",
+    "tracking_uri",
 ]

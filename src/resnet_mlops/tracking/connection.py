@@ -39,6 +39,15 @@ def default_tracking_uri(root: Path) -> str:
     return f"sqlite:///{(project_root(root) / SQLITE_FILE).as_posix()}"
 
 
+def tracking_uri(root: Path) -> str:
+    """``MLFLOW_TRACKING_URI``, or the embedded store under ``root`` (:func:`default_tracking_uri`).
+
+    Every command that records or reads runs resolves its store here: ``resnet train``,
+    ``evaluate``, ``register``, ``pull``, ``predict``, ``report`` and the Prefect flows.
+    """
+    return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(root)
+
+
 def local_artifact_location(tracking_uri: str, experiment: str) -> str | None:
     """Where an embedded SQLite store keeps a new experiment's artifacts; None for a server.
 

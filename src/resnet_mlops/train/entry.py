@@ -37,13 +37,6 @@ def load_train_params(
     return dataset, train_params, sections["loader"], tree
 
 
-def tracking_uri(root: Path) -> str:
-    """``MLFLOW_TRACKING_URI``, or the embedded SQLite store under ``root``."""
-    from resnet_mlops.tracking import default_tracking_uri
-
-    return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(root)
-
-
 def data_version(data_dir: Path) -> str:
     """A short content hash of the preprocessed data: its manifest lists every file's SHA-256."""
     manifest = data_dir / "manifest.json"
@@ -148,7 +141,7 @@ def run_training(
     same data set, ``train`` and ``loader`` params, data version and code (see
     :func:`resume_key`); otherwise training starts afresh.
     """
-    from resnet_mlops.tracking import env_tags, git_tags
+    from resnet_mlops.tracking import env_tags, git_tags, tracking_uri
 
     dataset, train_params, loader_params, tree = load_train_params(params_path, overrides)
     extra_tags = env_tags()  # a bad RESNET_RUN_TAGS fails here, before any file is touched
