@@ -43,6 +43,18 @@ def test_the_studies_cover_the_papers_experiments() -> None:
     )
 
 
+def test_cpu_depth_study_is_the_committed_reports_schedule() -> None:
+    # reports/paper-cifar10-cpu-8k/ was made with run.sh and these settings.
+    study = load_studies(STUDIES)["cifar10-depth-cpu"]
+    assert study.grid == "paper-cifar10-cpu-8k"
+    assert {r.model for r in study.runs()} == {"plain20", "plain56", "resnet20", "resnet56"}
+    for run in study.runs():
+        _, sections, tree = load_sections(PARAMS, stage_sections(), run.overrides)
+        schedule = sections["train"].schedule
+        assert (schedule.length, schedule.milestones) == (8000, (6400, 7200))
+        assert tree["preprocess"]["cifar10"]["val_size"] == 0
+
+
 def test_imagenet_recipe_is_the_papers_section_3_4() -> None:
     for run in load_studies(STUDIES)["imagenet-recipes"].runs():
         dataset, sections, _ = load_sections(PARAMS, stage_sections(), run.overrides)
