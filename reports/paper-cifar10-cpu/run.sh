@@ -5,13 +5,13 @@
 # the 10k test images after every epoch (Figure 6's protocol). Each is an MLflow run in the
 # resnet-cifar10 experiment, nested under one parent run; `resnet report` draws from them.
 #
-# GRID, LENGTH, MILESTONES and MODELS change the grid's name, schedule and models (defaults:
-# this report's).
+# GRID, LENGTH, MILESTONES, MODELS and SEED change the grid's name, schedule, models and
+# training seed (defaults: this report's, seed 0).
 set -euo pipefail
 grid=${GRID:-paper-cifar10-cpu}
 out=runs/$grid
 schedule=("train.schedule.length=${LENGTH:-3200}" "train.schedule.milestones=${MILESTONES:-[1600,2400]}"
-  train.checkpoint_every=400 train.log_every=50)
+  train.checkpoint_every=400 train.log_every=50 "train.seed=${SEED:-0}")
 
 resnet preprocess preprocess.cifar10.val_size=0 --prepared data/prepared/cifar10 \
   --out "$out/data" --report "$out/preprocess.json"
