@@ -384,13 +384,10 @@ def _run_epoch(
         scaler.step(optimizer)
         scaler.update()
         with torch.no_grad():  # summed on the device: no host sync per step
-            sums += torch.stack(
-                [
-                    loss.detach().double() * len(labels),
-                    (logits.argmax(1) == labels).sum().double(),
-                    torch.tensor(len(labels), dtype=torch.float64, device=device),
-                ]
-            )
+            # (A tensor made from a Python number would be a blocking host-to-device copy.)
+            sums[0] += loss.detach().double() * len(labels)
+            sums[1] += (logits.argmax(1) == labels).sum()
+            sums[2] += len(labels)
         state.iteration += 1
         state.batch_in_epoch = index + 1
         progress.step(state.iteration, state.epoch, sums, lr, len(labels) * runtime.world_size)

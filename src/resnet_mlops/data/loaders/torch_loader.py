@@ -217,10 +217,12 @@ class TorchLoader:
                 if isinstance(batch, Failure):
                     raise DataError(batch.message)
                 images, labels = batch
-                images = to_memory_format(images, self.memory_format)
+                # Copied from the pinned batch first, then laid out on the device: a layout
+                # change on the host would make an unpinned copy, a blocking transfer.
                 non_blocking = self.device.type == "cuda"
+                images = images.to(self.device, non_blocking=non_blocking)
                 yield (
-                    images.to(self.device, non_blocking=non_blocking),
+                    to_memory_format(images, self.memory_format),
                     labels.to(self.device, non_blocking=non_blocking),
                 )
             finished = True
