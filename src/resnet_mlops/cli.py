@@ -314,6 +314,32 @@ def study_command(
     typer.echo("\n".join(lines))
 
 
+@app.command("import-run")
+def import_run_command(
+    run_dirs: Annotated[
+        list[Path], typer.Argument(help="Folders with history.json and model.pt from train().")
+    ],
+    grid: Annotated[
+        str | None,
+        typer.Option(help="Tag the runs grid=<name> under a new parent run, as a study's."),
+    ] = None,
+) -> None:
+    """Log training runs made without MLflow (e.g. bench/gpu_recipe.py on a lent GPU)."""
+    from resnet_mlops.tracking import TrackingError, tracking_uri
+    from resnet_mlops.tracking.imports import CheckpointError, import_grid, import_run
+
+    uri = tracking_uri(Path.cwd())
+    try:
+        if grid:
+            ids = import_grid(run_dirs, tracking_uri=uri, grid=grid)
+        else:
+            ids = [import_run(run_dir, tracking_uri=uri) for run_dir in run_dirs]
+    except (DataError, CheckpointError, TrackingError) as error:
+        fail(str(error), 1)
+    for run_dir, run_id in zip(run_dirs, ids, strict=True):
+        typer.echo(f"{run_dir} -> MLflow run {run_id}")
+
+
 @app.callback()
 def main() -> None:
     """Deep Residual Learning (He et al., 2015): models, data, training and tracking."""

@@ -1,0 +1,124 @@
+"""Log training runs made without MLflow (on a lent GPU machine, say) as MLflow runs.
+
+A run folder holds what ``train()`` writes: ``history.json`` (one record per epoch) and
+``model.pt`` (the model with its config and provenance). Each becomes a FINISHED run with the
+same params, tags, per-epoch metrics, curves and logged model as a ``resnet train`` run, so
+``resnet report`` and the MLflow UI treat both alike. Optionally grouped under a grid's parent
+run, as the studies are.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from mlflow import MlflowClient
+
+from resnet_mlops.data.errors import DataError
+from resnet_mlops.evaluation.plots import plot_training_curves
+from resnet_mlops.tracking.runs import experiment_id
+from resnet_mlops.tracking.tracker import RunTracker
+from resnet_mlops.train.artifact import load_model
+from resnet_mlops.train.checkpoint import CheckpointError
+
+IMPORTED_TAG = "imported_from"
+
+
+def _read_history(path: Path) -> list[dict[str, float]]:
+    try:
+        history = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file (not a finished training run folder)") from None
+    except ValueError as error:
+        raise DataError(f"{path}: not JSON ({error})") from None
+    if not isinstance(history, list) or not history or not all(
+        isinstance(record, dict) and "epoch" in record for record in history
+    ):
+        raise DataError(f"{path}: expected a non-empty list of per-epoch records")
+    return history
+
+
+def import_run(
+    run_dir: Path,
+    *,
+    tracking_uri: str,
+    grid: str | None = None,
+    parent_run_id: str | None = None,
+) -> str:
+    """Log ``run_dir`` as a finished MLflow run; returns its run id.
+
+    Raises:
+        DataError: ``history.json`` is missing or malformed.
+        CheckpointError: ``model.pt`` is missing or not a model file (an unfinished run has
+            only ``checkpoint.pt``: resume it with ``resnet train --resume`` first).
+        TrackingError: the tracking server cannot be reached.
+    """
+    run_dir = Path(run_dir)
+    history = _read_history(run_dir / "history.json")
+    if not (run_dir / "model.pt").exists() and (run_dir / "checkpoint.pt").exists():
+        raise CheckpointError(
+            f"{run_dir}: the run did not finish (a checkpoint, no model.pt); resume it first"
+        )
+    model, meta = load_model(run_dir / "model.pt")
+    config, provenance = meta.get("config") or {}, meta.get("provenance") or {}
+    dataset = config.get("dataset", meta["preprocessing"].get("dataset", "?"))
+    tags = {
+        key: str(value)
+        for key, value in provenance.items()
+        if value is not None and key not in ("data_version", "mlflow_run_id")
+    }
+    tags.update({"model": meta["model"], "dataset": dataset, IMPORTED_TAG: str(run_dir)})
+    if grid:
+        tags["grid"] = grid
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    experiment = config.get("train", {}).get("experiment", f"resnet-{dataset}")
+    with tempfile.TemporaryDirectory() as tmp:
+        tracker = RunTracker(
+            experiment=experiment,
+            tracking_uri=tracking_uri,
+            run_name=meta["model"],
+            required=True,
+            history_path=Path(tmp) / "mlflow-history.jsonl",
+            system_metrics=False,
+        )
+        with tracker:
+            run_id = tracker.start(config, tags, data_version=provenance.get("data_version"))
+            for record in history:
+                tracker.log_metrics(record, step=int(record["epoch"]))
+            curves = Path(tmp) / "training_curves.png"
+            plot_training_curves(history, curves, f"{meta['model']} on {dataset}")
+            tracker.log_artifact(curves, "plots")
+            tracker.log_artifact(run_dir / "history.json", "plots")
+            size = meta["preprocessing"].get("input_size", 32)
+            example = np.random.default_rng(0).standard_normal((2, 3, size, size), np.float32)
+            tracker.log_model(model, example)
+    assert run_id is not None  # required=True: start() raised otherwise
+    return run_id
+
+
+def import_grid(run_dirs: list[Path], *, tracking_uri: str, grid: str) -> list[str]:
+    """Import ``run_dirs`` as the child runs of a new parent run ``grid <grid>``."""
+    first = load_model(Path(run_dirs[0]) / "model.pt")[1] if run_dirs else {}
+    experiment = (first.get("config") or {}).get("train", {}).get("experiment", "resnet-cifar10")
+    client = MlflowClient(tracking_uri)
+    parent = client.create_run(
+        experiment_id(client, experiment, tracking_uri),
+        run_name=f"grid {grid}",
+        tags={"grid": grid},
+    ).info.run_id
+    try:
+        ids = [
+            import_run(run_dir, tracking_uri=tracking_uri, grid=grid, parent_run_id=parent)
+            for run_dir in run_dirs
+        ]
+    except BaseException:
+        client.set_terminated(parent, "FAILED")
+        raise
+    client.set_terminated(parent)
+    return ids
+
+
+__all__ = ["IMPORTED_TAG", "CheckpointError", "import_grid", "import_run"]
