@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -213,6 +214,7 @@ def _train(
         state = TrainState(**checkpoint["train_state"])
     if runtime.is_main and on_start is not None:
         state.run_id = on_start(state)
+    restore_forward = _cuda_graphs(model, dataset, per_rank_batch, params, runtime, dtype)
     net: torch.nn.Module = model
     if params.compile:
         net = torch.compile(net)
@@ -295,6 +297,8 @@ def _train(
                 save(state)
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
+        if restore_forward is not None:
+            restore_forward()
     final = dict(state.history[-1]) if state.history else {}
     if runtime.is_main:
         write_json_atomic(paths.metrics, final)
@@ -309,6 +313,40 @@ def _train(
             config=config,
         )
     return TrainResult(final, state.history, model, state.iteration)
+
+
+def _cuda_graphs(
+    model: torch.nn.Module,
+    dataset: str,
+    batch_size: int,
+    params: TrainParams,
+    runtime: Runtime,
+    dtype: torch.dtype | None,
+) -> Callable[[], None] | None:
+    """Capture the training forward and backward as CUDA graphs if ``train.cuda_graphs`` asks
+    and they apply (one CUDA device, no torch.compile); returns the undo, or None."""
+    if not params.cuda_graphs:
+        return None
+    if runtime.device.type != "cuda" or runtime.distributed or params.compile:
+        if runtime.is_main:
+            print(
+                "train.cuda_graphs: ignored (only for one CUDA device without train.compile)",
+                file=sys.stderr,
+            )
+        return None
+    from resnet_mlops.train.graphs import capture
+
+    size = 32 if dataset == "cifar10" else 224
+    example = torch.zeros(batch_size, 3, size, size, device=runtime.device)
+    memory_format = torch.channels_last if params.channels_last else torch.contiguous_format
+    try:
+        return capture(model, example.contiguous(memory_format=memory_format), dtype)
+    except RuntimeError as error:  # an operation the capture does not allow, say
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        print(f"train.cuda_graphs: capture failed ({first}); training without graphs",
+              file=sys.stderr)
+        model.__dict__.pop("forward", None)
+        return None
 
 
 def _shared_checkpoint(

@@ -56,3 +56,4 @@ class TrainParams:
     checkpoint_every: int  # iterations; 0: only at the end (and on SIGTERM)
     log_every: int  # iterations between progress updates and step metrics
     experiment: str  # the MLflow experiment
+    cuda_graphs: bool = False  # replay each full training batch's forward and backward

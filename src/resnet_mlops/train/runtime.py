@@ -46,6 +46,8 @@ def setup_runtime(device: str) -> Runtime:
         device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
     torch_device = torch.device(device)
     if torch_device.type == "cuda":
+        if torch_device.index is None:  # plain "cuda": this rank's GPU
+            torch_device = torch.device("cuda", local_rank)
         torch.cuda.set_device(torch_device)
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch_device.type == "cuda" else "gloo")
