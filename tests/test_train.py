@@ -179,9 +179,11 @@ def test_sigterm_saves_and_resume_ends_with_the_same_weights(tmp_path: Path, sma
         stderr=subprocess.STDOUT,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        start_new_session=True,
     )
     _wait_for(process, "it 20/40")  # in the second epoch
-    process.send_signal(signal.SIGTERM)
+    # To the whole process group, DataLoader workers too, as docker stop or a scheduler does.
+    os.killpg(process.pid, signal.SIGTERM)
     output = process.communicate(timeout=120)[0]
     assert process.returncode == 143, output
     assert "checkpoint saved" in output

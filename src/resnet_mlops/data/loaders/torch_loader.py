@@ -9,6 +9,7 @@ from __future__ import annotations
 import multiprocessing
 import multiprocessing.context
 import random
+import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -139,6 +140,17 @@ def seed_sample(seed: int) -> None:
     random.seed(seed)
 
 
+def ignore_sigterm(worker_id: int) -> None:
+    """A DataLoader worker's start: leave SIGTERM to the main process.
+
+    ``docker stop``, a scheduler or a terminal signals the whole process group. A worker that
+    died of it would make the main process fail at once ("DataLoader worker ... is killed by
+    signal: Terminated") instead of saving its checkpoint; the main process stops its workers
+    itself.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def worker_context() -> multiprocessing.context.BaseContext | None:
     """How to start DataLoader workers: the default (``fork``), or a fork server once this
     process has run a DALI pipeline.
@@ -195,6 +207,7 @@ class TorchLoader:
             pin_memory=device.type == "cuda",
             drop_last=False,
             persistent_workers=True,
+            worker_init_fn=ignore_sigterm,
             multiprocessing_context=worker_context(),
         )
 
