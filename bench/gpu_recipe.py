@@ -13,7 +13,11 @@ device machine of BENCHMARKS.md). In one command it:
    ``<out>/<model>.tar``; ``resnet import-run`` logs one to MLflow as a run of a grid.
 
     python bench/gpu_recipe.py --archive .device/cifar10-jpg.tar.gz --out "$OUT" \
-        --deadline 540 resnet56 resnet20
+        --deadline 545 --steps 0 --precision fp32 --set train.cuda_graphs=true \
+        resnet56 resnet20
+
+A run stopped at the deadline continues in a later lease with ``--resume-from DIR`` (DIR
+holding ``<model>/checkpoint.pt``, unpacked from the tar).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -113,8 +118,9 @@ def child(args: argparse.Namespace) -> int:
         PARAMS, {"train": TrainParams, "loader": LoaderParams}, overrides
     )
     run = Path(args.run_dir)
-    paths = TrainPaths(run / "checkpoint.pt", run / "model.pt", run / "metrics.json",
-                       run / "history.json")
+    paths = TrainPaths(
+        run / "checkpoint.pt", run / "model.pt", run / "metrics.json", run / "history.json"
+    )
     provenance = {
         "device": device_name(torch.device(args.device)),
         "torch": str(torch.__version__),
@@ -123,8 +129,16 @@ def child(args: argparse.Namespace) -> int:
     }
     started = time.perf_counter()
     try:
-        train(dataset, sections["train"], sections["loader"], Path(args.data), paths,
-              provenance=provenance, config=tree)
+        train(
+            dataset,
+            sections["train"],
+            sections["loader"],
+            Path(args.data),
+            paths,
+            resume=paths.checkpoint.exists(),
+            provenance=provenance,
+            config=tree,
+        )
     except Interrupted as stopped:
         print(f"{args.model}: {stopped}", flush=True)
     (run / "wall.json").write_text(json.dumps({"seconds": time.perf_counter() - started}))
@@ -148,17 +162,39 @@ def main() -> int:
     parser.add_argument("--archive", type=Path, default=Path(".device/cifar10-jpg.tar.gz"))
     parser.add_argument("--work", type=Path, default=Path(".device/work"))
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".device/out")))
-    parser.add_argument("--deadline", type=float, default=540.0,
-                        help="seconds after start when unfinished runs are stopped")
+    parser.add_argument(
+        "--deadline",
+        type=float,
+        default=540.0,
+        help="seconds after start when unfinished runs are stopped",
+    )
     parser.add_argument("--threads", type=int, default=5, help="DataLoader workers per run")
-    parser.add_argument("--precision", default="auto",
-                        help="auto: the faster of bf16 and fp32 for the first model")
+    parser.add_argument(
+        "--precision", default="auto", help="auto: the faster of bf16 and fp32 for the first model"
+    )
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--commit", default="unknown",
-                        help="the git commit of this code (the device copy has no .git)")
-    parser.add_argument("--steps", type=int, default=100, help="timed steps per variant; 0 skips the timing")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="a params override for the runs (repeatable)")
+    parser.add_argument(
+        "--commit",
+        default="unknown",
+        help="the git commit of this code (the device copy has no .git)",
+    )
+    parser.add_argument(
+        "--steps", type=int, default=100, help="timed steps per variant; 0 skips the timing"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a params override for the runs (repeatable)",
+    )
+    parser.add_argument(
+        "--resume-from",
+        type=Path,
+        metavar="DIR",
+        help="continue the runs whose DIR/<model>/checkpoint.pt exists "
+        "(a run stopped at an earlier deadline)",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--run-dir", help=argparse.SUPPRESS)
@@ -180,14 +216,18 @@ def main() -> int:
     for model in args.models if args.steps else []:
         for label, dtype in (("bf16", torch.bfloat16), ("fp32", None)):
             timings[f"{model} {label}"] = time_step(model, dtype, device, args.steps)
-            print(f"step {model} {label}: {timings[f'{model} {label}']:.2f} ms "
-                  f"({128e3 / timings[f'{model} {label}']:,.0f} img/s)", flush=True)
+            print(
+                f"step {model} {label}: {timings[f'{model} {label}']:.2f} ms "
+                f"({128e3 / timings[f'{model} {label}']:,.0f} img/s)",
+                flush=True,
+            )
     precision = args.precision
     if precision == "auto" and timings:
         first = args.models[0]
         precision = "bf16" if timings[f"{first} bf16"] <= timings[f"{first} fp32"] else "fp32"
-    (args.out / "steps.json").write_text(json.dumps({"ms_per_step": timings,
-                                                     "precision": precision}, indent=1))
+    (args.out / "steps.json").write_text(
+        json.dumps({"ms_per_step": timings, "precision": precision}, indent=1)
+    )
     if device.type == "cuda":
         torch.cuda.empty_cache()
 
@@ -195,11 +235,31 @@ def main() -> int:
     for model in args.models:
         run = args.work / "runs" / model
         run.mkdir(parents=True, exist_ok=True)
+        (run / "checkpoint.pt").unlink(missing_ok=True)
+        if args.resume_from and (args.resume_from / model / "checkpoint.pt").exists():
+            shutil.copy(args.resume_from / model / "checkpoint.pt", run / "checkpoint.pt")
+            print(f"resuming {model} from {args.resume_from / model}", flush=True)
         log = open(run / "train.log", "w")  # noqa: SIM115 (closed when the child ends)
-        command = [sys.executable, __file__, "--child", "--model", model, "--run-dir", str(run),
-                   "--data", str(data), "--precision", precision, "--threads", str(args.threads),
-                   "--commit", args.commit,
-                   "--device", args.device, *(f"--set={item}" for item in args.set)]
+        command = [
+            sys.executable,
+            __file__,
+            "--child",
+            "--model",
+            model,
+            "--run-dir",
+            str(run),
+            "--data",
+            str(data),
+            "--precision",
+            precision,
+            "--threads",
+            str(args.threads),
+            "--commit",
+            args.commit,
+            "--device",
+            args.device,
+            *(f"--set={item}" for item in args.set),
+        ]
         children[model] = (subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT), run)
         print(f"started {model} ({precision})", flush=True)
 

@@ -33,8 +33,10 @@ def _read_history(path: Path) -> list[dict[str, float]]:
         raise DataError(f"{path}: no such file (not a finished training run folder)") from None
     except ValueError as error:
         raise DataError(f"{path}: not JSON ({error})") from None
-    if not isinstance(history, list) or not history or not all(
-        isinstance(record, dict) and "epoch" in record for record in history
+    if (
+        not isinstance(history, list)
+        or not history
+        or not all(isinstance(record, dict) and "epoch" in record for record in history)
     ):
         raise DataError(f"{path}: expected a non-empty list of per-epoch records")
     return history

@@ -343,8 +343,9 @@ def _cuda_graphs(
         return capture(model, example.contiguous(memory_format=memory_format), dtype)
     except RuntimeError as error:  # an operation the capture does not allow, say
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        print(f"train.cuda_graphs: capture failed ({first}); training without graphs",
-              file=sys.stderr)
+        print(
+            f"train.cuda_graphs: capture failed ({first}); training without graphs", file=sys.stderr
+        )
         model.__dict__.pop("forward", None)
         return None
 
