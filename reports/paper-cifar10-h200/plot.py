@@ -1,6 +1,6 @@
 """Figure 6's residual panel from the two H200 runs' per-epoch histories (no MLflow needed).
 
-    python reports/paper-cifar10-h200/plot.py
+python reports/paper-cifar10-h200/plot.py
 """
 
 import json
@@ -21,8 +21,14 @@ for model, (label, color) in RUNS.items():
     last = int(x[-1])
     ended = "" if last == 64000 else f", stopped at {last:,}"
     axes.plot(x, [r["train_error"] for r in history], "--", color=color, lw=1.0)
-    axes.plot(x, [r["val_error"] for r in history], "-", color=color, lw=2.0,
-              label=f"{label} (test{ended})")
+    axes.plot(
+        x,
+        [r["val_error"] for r in history],
+        "-",
+        color=color,
+        lw=2.0,
+        label=f"{label} (test{ended})",
+    )
 for milestone in (32000, 48000):
     axes.axvline(milestone, color="grey", lw=0.8, alpha=0.5)
 axes.set_xlim(0, 64000)
