@@ -17,7 +17,7 @@ from resnet_mlops.config import load_sections
 from resnet_mlops.data.loaders import LoaderParams
 from resnet_mlops.models import build_model
 from resnet_mlops.report.runs import find_runs
-from resnet_mlops.train.artifact import model_kwargs
+from resnet_mlops.train.artifact import model_kwargs, save_model
 from resnet_mlops.train.loop import TrainPaths, train
 from resnet_mlops.train.params import TrainParams
 
@@ -79,6 +79,23 @@ def test_import_run_refuses_what_is_not_a_finished_run(tmp_path: Path) -> None:
     stopped = resnet("import-run", str(unfinished), cwd=tmp_path)
     assert stopped.returncode == 1 and "did not finish" in stopped.stderr
     assert "Traceback" not in stopped.stderr
+
+    # A grid with one good folder and one unfinished: nothing reaches MLflow, no parent either.
+    good = tmp_path / "good"
+    model = build_model("resnet20", **model_kwargs("resnet20", "default", False, 10))
+    save_model(good / "model.pt", model, name="resnet20",
+               kwargs=model_kwargs("resnet20", "default", False, 10),
+               preprocessing={"dataset": "cifar10", "input_size": 32}, provenance={},
+               metrics={}, config={"dataset": "cifar10"})  # fmt: skip
+    (good / "history.json").write_text('[{"epoch": 1, "val_error": 50.0}]')
+    mixed = resnet("import-run", str(good), str(unfinished), "--grid", "half", cwd=tmp_path)
+    assert mixed.returncode == 1 and "did not finish" in mixed.stderr
+    assert (
+        MlflowClient().search_runs(
+            [e.experiment_id for e in MlflowClient().search_experiments()], "tags.grid = 'half'"
+        )
+        == []
+    )
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")

@@ -9,12 +9,15 @@ run, as the studies are.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from mlflow import MlflowClient
+from torch import nn
 
 from resnet_mlops.data.errors import DataError
 from resnet_mlops.evaluation.plots import plot_training_curves
@@ -42,6 +45,78 @@ def _read_history(path: Path) -> list[dict[str, float]]:
     return history
 
 
+@dataclasses.dataclass(frozen=True)
+class _RunFolder:
+    """A run folder, read and checked before anything is sent to MLflow."""
+
+    path: Path
+    history: list[dict[str, float]]
+    model: nn.Module
+    meta: dict[str, Any]
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.meta.get("config") or {}
+
+    @property
+    def dataset(self) -> str:
+        return self.config.get("dataset", self.meta["preprocessing"].get("dataset", "?"))
+
+    @property
+    def experiment(self) -> str:
+        return self.config.get("train", {}).get("experiment", f"resnet-{self.dataset}")
+
+
+def _read_run(run_dir: Path) -> _RunFolder:
+    run_dir = Path(run_dir)
+    history = _read_history(run_dir / "history.json")
+    if not (run_dir / "model.pt").exists() and (run_dir / "checkpoint.pt").exists():
+        raise CheckpointError(
+            f"{run_dir}: the run did not finish (a checkpoint, no model.pt); resume it first"
+        )
+    model, meta = load_model(run_dir / "model.pt")
+    return _RunFolder(run_dir, history, model, meta)
+
+
+def _log_run(
+    run: _RunFolder, tracking_uri: str, grid: str | None, parent_run_id: str | None
+) -> str:
+    provenance = run.meta.get("provenance") or {}
+    tags = {
+        key: str(value)
+        for key, value in provenance.items()
+        if value is not None and key not in ("data_version", "mlflow_run_id")
+    }
+    name = run.meta["model"]
+    tags.update({"model": name, "dataset": run.dataset, IMPORTED_TAG: str(run.path)})
+    if grid:
+        tags["grid"] = grid
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    with tempfile.TemporaryDirectory() as tmp:
+        tracker = RunTracker(
+            experiment=run.experiment,
+            tracking_uri=tracking_uri,
+            run_name=name,
+            required=True,
+            history_path=Path(tmp) / "mlflow-history.jsonl",
+            system_metrics=False,
+        )
+        with tracker:
+            run_id = tracker.start(run.config, tags, data_version=provenance.get("data_version"))
+            for record in run.history:
+                tracker.log_metrics(record, step=int(record["epoch"]))
+            curves = Path(tmp) / "training_curves.png"
+            plot_training_curves(run.history, curves, f"{name} on {run.dataset}")
+            tracker.log_artifact(curves, "plots")
+            tracker.log_artifact(run.path / "history.json", "plots")
+            size = run.meta["preprocessing"].get("input_size", 32)
+            example = np.random.default_rng(0).standard_normal((2, 3, size, size), np.float32)
+            tracker.log_model(run.model, example)
+    assert run_id is not None  # required=True: start() raised otherwise
+    return run_id
+
+
 def import_run(
     run_dir: Path,
     *,
@@ -57,65 +132,26 @@ def import_run(
             only ``checkpoint.pt``: resume it with ``resnet train --resume`` first).
         TrackingError: the tracking server cannot be reached.
     """
-    run_dir = Path(run_dir)
-    history = _read_history(run_dir / "history.json")
-    if not (run_dir / "model.pt").exists() and (run_dir / "checkpoint.pt").exists():
-        raise CheckpointError(
-            f"{run_dir}: the run did not finish (a checkpoint, no model.pt); resume it first"
-        )
-    model, meta = load_model(run_dir / "model.pt")
-    config, provenance = meta.get("config") or {}, meta.get("provenance") or {}
-    dataset = config.get("dataset", meta["preprocessing"].get("dataset", "?"))
-    tags = {
-        key: str(value)
-        for key, value in provenance.items()
-        if value is not None and key not in ("data_version", "mlflow_run_id")
-    }
-    tags.update({"model": meta["model"], "dataset": dataset, IMPORTED_TAG: str(run_dir)})
-    if grid:
-        tags["grid"] = grid
-    if parent_run_id:
-        tags["mlflow.parentRunId"] = parent_run_id
-    experiment = config.get("train", {}).get("experiment", f"resnet-{dataset}")
-    with tempfile.TemporaryDirectory() as tmp:
-        tracker = RunTracker(
-            experiment=experiment,
-            tracking_uri=tracking_uri,
-            run_name=meta["model"],
-            required=True,
-            history_path=Path(tmp) / "mlflow-history.jsonl",
-            system_metrics=False,
-        )
-        with tracker:
-            run_id = tracker.start(config, tags, data_version=provenance.get("data_version"))
-            for record in history:
-                tracker.log_metrics(record, step=int(record["epoch"]))
-            curves = Path(tmp) / "training_curves.png"
-            plot_training_curves(history, curves, f"{meta['model']} on {dataset}")
-            tracker.log_artifact(curves, "plots")
-            tracker.log_artifact(run_dir / "history.json", "plots")
-            size = meta["preprocessing"].get("input_size", 32)
-            example = np.random.default_rng(0).standard_normal((2, 3, size, size), np.float32)
-            tracker.log_model(model, example)
-    assert run_id is not None  # required=True: start() raised otherwise
-    return run_id
+    return _log_run(_read_run(run_dir), tracking_uri, grid, parent_run_id)
 
 
 def import_grid(run_dirs: list[Path], *, tracking_uri: str, grid: str) -> list[str]:
-    """Import ``run_dirs`` as the child runs of a new parent run ``grid <grid>``."""
-    first = load_model(Path(run_dirs[0]) / "model.pt")[1] if run_dirs else {}
-    experiment = (first.get("config") or {}).get("train", {}).get("experiment", "resnet-cifar10")
+    """Import ``run_dirs`` as the child runs of a new parent run ``grid <grid>``.
+
+    Every folder is read and checked first, so a bad one stops the import before MLflow has
+    a parent run or any child of it. Raises as :func:`import_run`.
+    """
+    runs = [_read_run(run_dir) for run_dir in run_dirs]
+    if not runs:
+        return []
     client = MlflowClient(tracking_uri)
     parent = client.create_run(
-        experiment_id(client, experiment, tracking_uri),
+        experiment_id(client, runs[0].experiment, tracking_uri),
         run_name=f"grid {grid}",
         tags={"grid": grid},
     ).info.run_id
     try:
-        ids = [
-            import_run(run_dir, tracking_uri=tracking_uri, grid=grid, parent_run_id=parent)
-            for run_dir in run_dirs
-        ]
+        ids = [_log_run(run, tracking_uri, grid, parent) for run in runs]
     except BaseException:
         client.set_terminated(parent, "FAILED")
         raise
