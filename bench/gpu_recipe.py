@@ -235,7 +235,8 @@ def main() -> int:
     for model in args.models:
         run = args.work / "runs" / model
         run.mkdir(parents=True, exist_ok=True)
-        (run / "checkpoint.pt").unlink(missing_ok=True)
+        for stale in ("checkpoint.pt", "model.pt"):  # a reused --work: pack() goes by these
+            (run / stale).unlink(missing_ok=True)
         if args.resume_from and (args.resume_from / model / "checkpoint.pt").exists():
             shutil.copy(args.resume_from / model / "checkpoint.pt", run / "checkpoint.pt")
             print(f"resuming {model} from {args.resume_from / model}", flush=True)
