@@ -5,16 +5,17 @@
 # the 10k test images after every epoch (Figure 6's protocol). Each is an MLflow run in the
 # resnet-cifar10 experiment, nested under one parent run; `resnet report` draws from them.
 #
-# GRID, LENGTH, MILESTONES, MODELS and SEED change the grid's name, schedule, models and
-# training seed (defaults: this report's, seed 0).
+# GRID, LENGTH, MILESTONES, MODELS, SEED and TRAIN_SIZE change the grid's name, schedule,
+# models, training seed and training set (defaults: this report's, seed 0, all 50k images).
+# A MODELS entry may name its own seed, model:seed (resnet56:1), to add seeds to one grid.
 set -euo pipefail
 grid=${GRID:-paper-cifar10-cpu}
 out=runs/$grid
 schedule=("train.schedule.length=${LENGTH:-3200}" "train.schedule.milestones=${MILESTONES:-[1600,2400]}"
-  train.checkpoint_every=400 train.log_every=50 "train.seed=${SEED:-0}")
+  train.checkpoint_every=400 train.log_every=50)
 
-resnet preprocess preprocess.cifar10.val_size=0 --prepared data/prepared/cifar10 \
-  --out "$out/data" --report "$out/preprocess.json"
+resnet preprocess preprocess.cifar10.val_size=0 "preprocess.cifar10.train_size=${TRAIN_SIZE:-0}" \
+  --prepared data/prepared/cifar10 --out "$out/data" --report "$out/preprocess.json"
 parent=$(python - "$grid" <<'PY'
 import sys, mlflow
 from pathlib import Path
@@ -27,10 +28,12 @@ run = client.create_run(exp_id, run_name=f"grid {sys.argv[1]}", tags={"grid": sy
 print(run.info.run_id)
 PY
 )
-for model in ${MODELS:-plain20 resnet20 plain56 resnet56}; do
+for entry in ${MODELS:-plain20 resnet20 plain56 resnet56}; do
+  model=${entry%%:*} seed=${SEED:-0} run=$model
+  if [[ $entry == *:* ]]; then seed=${entry#*:} run=$model-seed$seed; fi
   RESNET_RUN_TAGS="{\"mlflow.parentRunId\": \"$parent\", \"grid\": \"$grid\"}" \
-    resnet train train.model=$model "${schedule[@]}" --data "$out/data" --out "$out/$model" \
-    --metrics "$out/$model/train.json" --history "$out/$model/history.json"
+    resnet train train.model=$model "${schedule[@]}" train.seed=$seed --data "$out/data" \
+    --out "$out/$run" --metrics "$out/$run/train.json" --history "$out/$run/history.json"
 done
 python -c "import mlflow, sys; from pathlib import Path; \
 from resnet_mlops.tracking import tracking_uri; \

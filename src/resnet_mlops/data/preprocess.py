@@ -17,10 +17,22 @@ from resnet_mlops.data.sources import iter_source_files
 
 @dataclass(frozen=True)
 class Cifar10Preprocess:
-    """CIFAR-10 split: the paper holds out 5k of the 50k training images (0: train on all)."""
+    """CIFAR-10 split: the paper holds out 5k of the 50k training images (0: train on all).
+
+    ``train_size`` keeps a seeded, stratified subset of what is left for training (0: all of
+    it), for studies that must fit a short budget.
+    """
 
     val_size: int
     seed: int
+    train_size: int
+
+    def __post_init__(self) -> None:
+        if self.val_size < 0 or self.train_size < 0:
+            raise ValueError(
+                "preprocess.cifar10: val_size and train_size must be 0 or more, got "
+                f"{self.val_size} and {self.train_size}"
+            )
 
 
 @dataclass(frozen=True)
@@ -95,6 +107,18 @@ def preprocess_cifar10(
         splits["val"] = (train_images[val_idx], train_labels[val_idx])
     else:
         splits["train"] = (train_images, train_labels)
+    params_record = {"val_size": settings.val_size, "seed": settings.seed}
+    if settings.train_size > 0:
+        images, labels = splits["train"]
+        if settings.train_size > len(labels):
+            raise DataError(
+                f"{prepared}: train_size {settings.train_size} asks for more than the "
+                f"{len(labels)} training images left after the validation split"
+            )
+        _, keep = cifar10.stratified_split(labels, settings.train_size, settings.seed)
+        splits["train"] = (images[keep], labels[keep])
+        # Recorded only when set, so the default's outputs stay byte-identical to earlier ones.
+        params_record["train_size"] = settings.train_size
     mean_image, channel_mean, channel_std = cifar10.image_statistics(splits["train"][0])
     stats = {
         "classes": manifest["classes"],
@@ -113,7 +137,7 @@ def preprocess_cifar10(
             {
                 "dataset": "cifar10",
                 "prepared": manifest["outputs"],
-                "params": {"val_size": settings.val_size, "seed": settings.seed},
+                "params": params_record,
                 "outputs": describe_outputs(tmp),
             },
         )
