@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import PARAMS, REPO, official_cifar_archive, tar_folder, write_class_folders
 
-from resnet_mlops.config import load_stage_params
+from resnet_mlops.config import ConfigError, load_stage_params
 from resnet_mlops.data.cifar10 import CLASSES
 from resnet_mlops.data.errors import DataError
 from resnet_mlops.data.prepare import PrepareParams, prepare
@@ -110,6 +110,30 @@ def test_val_size_zero_trains_on_all(tmp_path: Path, cifar_jpegs) -> None:
     )
     assert not (out / "val_images.npy").exists()
     assert len(np.load(out / "train_labels.npy")) == 40
+
+
+def test_train_size_keeps_a_stratified_subset(tmp_path: Path, cifar_jpegs) -> None:
+    folder = write_class_folders(tmp_path / "tree", cifar_jpegs)
+    prepared, out = run_stages(
+        tmp_path,
+        [f"prepare.cifar10.source={folder}"],
+        ["preprocess.cifar10.val_size=10", "preprocess.cifar10.train_size=20"],
+    )
+    labels = np.load(out / "train_labels.npy")
+    assert np.bincount(labels).tolist() == [2] * 10  # 2 of each class's 3 left after val
+    assert len(np.load(out / "val_labels.npy")) == 10
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["params"] == {"val_size": 10, "seed": 0, "train_size": 20}
+    assert json.loads((out / "stats.json").read_text())["splits"]["train"] == 20
+
+    # More than the split leaves: one line naming the prepared folder, the old output kept.
+    before = digests(out)
+    params = preprocess_params("preprocess.cifar10.val_size=10", "preprocess.cifar10.train_size=31")
+    with pytest.raises(DataError, match=rf"{prepared}: train_size 31 asks for more than the 30"):
+        preprocess("cifar10", params, prepared, out, tmp_path / "r.json")
+    assert digests(out) == before
+    with pytest.raises(ConfigError, match="train_size must be 0 or more"):
+        preprocess_params("preprocess.cifar10.train_size=-1")
 
 
 def test_official_archive_downloaded_from_a_local_server(tmp_path: Path, http_root) -> None:
