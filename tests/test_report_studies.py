@@ -44,14 +44,14 @@ def test_the_studies_cover_the_papers_experiments() -> None:
 
 
 def test_cpu_depth_study_is_the_committed_reports_schedule() -> None:
-    # reports/paper-cifar10-cpu-8k/ was made with run.sh and these settings.
+    # reports/paper-cifar10-cpu-10k/ was made with run.sh and these settings.
     study = load_studies(STUDIES)["cifar10-depth-cpu"]
-    assert study.grid == "paper-cifar10-cpu-8k"
+    assert study.grid == "paper-cifar10-cpu-10k"
     assert {r.model for r in study.runs()} == {"plain20", "plain56", "resnet20", "resnet56"}
     for run in study.runs():
         _, sections, tree = load_sections(PARAMS, stage_sections(), run.overrides)
         schedule = sections["train"].schedule
-        assert (schedule.length, schedule.milestones) == (8000, (6400, 7200))
+        assert (schedule.length, schedule.milestones) == (10000, (8000, 9000))
         assert tree["preprocess"]["cifar10"]["val_size"] == 0
 
 
