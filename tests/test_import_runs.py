@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -65,6 +66,18 @@ def test_a_run_trained_without_mlflow_imports_as_a_run_of_a_grid(
     assert [m.step for m in curve] == list(range(1, len(records[0].curves["val_error"]) + 1))
     logged = client.search_logged_models([imported.info.experiment_id])
     assert any(m.source_run_id == imported.info.run_id for m in logged)
+
+    # A run that finished in a later lease joins the same parent, not a second one.
+    later = tmp_path / "resnet20-later"
+    shutil.copytree(run, later)
+    again = resnet("import-run", str(later), "--grid", "imported", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    records, _ = find_runs(client, "resnet-cifar10", "imported", "test store")
+    assert len(records) == 2
+    parents = {client.get_run(r.run_id).data.tags["mlflow.parentRunId"] for r in records}
+    assert parents == {parent.info.run_id}
+    grid_runs = client.search_runs([imported.info.experiment_id], "tags.grid = 'imported'")
+    assert len(grid_runs) == 3  # one parent, two children
 
 
 def test_import_run_refuses_what_is_not_a_finished_run(tmp_path: Path) -> None:

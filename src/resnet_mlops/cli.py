@@ -321,7 +321,9 @@ def import_run_command(
     ],
     grid: Annotated[
         str | None,
-        typer.Option(help="Tag the runs grid=<name> under a new parent run, as a study's."),
+        typer.Option(
+            help="Tag the runs grid=<name> under the grid's parent run (new if none), as a study's."
+        ),
     ] = None,
 ) -> None:
     """Log training runs made without MLflow (e.g. bench/gpu_recipe.py on a lent GPU)."""

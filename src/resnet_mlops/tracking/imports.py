@@ -135,21 +135,34 @@ def import_run(
     return _log_run(_read_run(run_dir), tracking_uri, grid, parent_run_id)
 
 
-def import_grid(run_dirs: list[Path], *, tracking_uri: str, grid: str) -> list[str]:
-    """Import ``run_dirs`` as the child runs of a new parent run ``grid <grid>``.
+def _grid_parent(client: MlflowClient, experiment: str, grid: str) -> str | None:
+    """The newest live parent run ``grid <grid>`` in ``experiment``, if there is one."""
+    parents = client.search_runs(
+        [experiment],
+        f"tags.grid = '{grid}' and tags.`mlflow.runName` = 'grid {grid}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return parents[0].info.run_id if parents else None
 
-    Every folder is read and checked first, so a bad one stops the import before MLflow has
-    a parent run or any child of it. Raises as :func:`import_run`.
+
+def import_grid(run_dirs: list[Path], *, tracking_uri: str, grid: str) -> list[str]:
+    """Import ``run_dirs`` as child runs of the parent run ``grid <grid>``.
+
+    The runs join the grid's parent where the experiment has one (a run that finished in a
+    later lease joins the runs imported before it), else a new parent. Every folder is read
+    and checked first, so a bad one stops the import before MLflow has a new parent or any
+    child. Raises as :func:`import_run`.
     """
     runs = [_read_run(run_dir) for run_dir in run_dirs]
     if not runs:
         return []
     client = MlflowClient(tracking_uri)
-    parent = client.create_run(
-        experiment_id(client, runs[0].experiment, tracking_uri),
-        run_name=f"grid {grid}",
-        tags={"grid": grid},
-    ).info.run_id
+    experiment = experiment_id(client, runs[0].experiment, tracking_uri)
+    parent = _grid_parent(client, experiment, grid)
+    if parent is not None:
+        return [_log_run(run, tracking_uri, grid, parent) for run in runs]
+    parent = client.create_run(experiment, run_name=f"grid {grid}", tags={"grid": grid}).info.run_id
     try:
         ids = [_log_run(run, tracking_uri, grid, parent) for run in runs]
     except BaseException:
