@@ -14,7 +14,10 @@ out=runs/$grid
 schedule=("train.schedule.length=${LENGTH:-3200}" "train.schedule.milestones=${MILESTONES:-[1600,2400]}"
   train.checkpoint_every=400 train.log_every=50)
 
-resnet preprocess preprocess.cifar10.val_size=0 "preprocess.cifar10.train_size=${TRAIN_SIZE:-0}" \
+# Passed to `resnet train` too, so the runs' logged preprocess.* params name this data.
+data=(preprocess.cifar10.val_size=0 "preprocess.cifar10.train_size=${TRAIN_SIZE:-0}")
+
+resnet preprocess "${data[@]}" \
   --prepared data/prepared/cifar10 --out "$out/data" --report "$out/preprocess.json"
 parent=$(python - "$grid" <<'PY'
 import sys, mlflow
@@ -32,7 +35,7 @@ for entry in ${MODELS:-plain20 resnet20 plain56 resnet56}; do
   model=${entry%%:*} seed=${SEED:-0} run=$model
   if [[ $entry == *:* ]]; then seed=${entry#*:} run=$model-seed$seed; fi
   RESNET_RUN_TAGS="{\"mlflow.parentRunId\": \"$parent\", \"grid\": \"$grid\"}" \
-    resnet train train.model=$model "${schedule[@]}" train.seed=$seed --data "$out/data" \
+    resnet train train.model=$model "${schedule[@]}" "${data[@]}" train.seed=$seed --data "$out/data" \
     --out "$out/$run" --metrics "$out/$run/train.json" --history "$out/$run/history.json"
 done
 python -c "import mlflow, sys; from pathlib import Path; \
