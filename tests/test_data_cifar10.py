@@ -13,6 +13,7 @@ import pytest
 from conftest import PARAMS, REPO, official_cifar_archive, tar_folder, write_class_folders
 
 from resnet_mlops.config import ConfigError, load_stage_params
+from resnet_mlops.data import cifar10
 from resnet_mlops.data.cifar10 import CLASSES
 from resnet_mlops.data.errors import DataError
 from resnet_mlops.data.prepare import PrepareParams, prepare
@@ -134,6 +135,16 @@ def test_train_size_keeps_a_stratified_subset(tmp_path: Path, cifar_jpegs) -> No
     assert digests(out) == before
     with pytest.raises(ConfigError, match="train_size must be 0 or more"):
         preprocess_params("preprocess.cifar10.train_size=-1")
+
+
+def test_stratified_split_names_the_size_and_the_short_class() -> None:
+    labels = np.array([0] * 10 + [1] * 2)  # class 1 has 2 images, its share of 6 is 3
+    train, val = cifar10.stratified_split(labels, 4, seed=0)
+    assert np.bincount(labels[val]).tolist() == [2, 2] and len(train) == 8
+    with pytest.raises(
+        DataError, match=r"^data/x: train_size 6 asks for 3 images of class 1, which has 2$"
+    ):
+        cifar10.stratified_split(labels, 6, seed=0, what="data/x: train_size")
 
 
 def test_official_archive_downloaded_from_a_local_server(tmp_path: Path, http_root) -> None:

@@ -203,11 +203,18 @@ def read_class_folders(
     return dataset
 
 
-def stratified_split(labels: np.ndarray, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(
+    labels: np.ndarray, val_size: int, seed: int, what: str = "val_size"
+) -> tuple[np.ndarray, np.ndarray]:
     """Seeded, stratified train/val indices: each class gives an equal share of ``val_size``.
+
+    ``what`` names the size in the error, e.g. ``"data/prepared/cifar10: train_size"``.
 
     Returns:
         (train indices, val indices), each sorted, so the arrays keep the source order.
+
+    Raises:
+        DataError: a class has fewer images than its share.
     """
     classes = np.unique(labels)
     rng = np.random.default_rng(seed)
@@ -217,7 +224,9 @@ def stratified_split(labels: np.ndarray, val_size: int, seed: int) -> tuple[np.n
         members = np.flatnonzero(labels == cls)
         take = base + (1 if rank < extra else 0)
         if take > len(members):
-            raise DataError(f"val_size {val_size} asks for more images than class {cls} has")
+            raise DataError(
+                f"{what} {val_size} asks for {take} images of class {cls}, which has {len(members)}"
+            )
         val.append(rng.permutation(members)[:take])
     val_indices = np.sort(np.concatenate(val))
     train_mask = np.ones(len(labels), dtype=bool)

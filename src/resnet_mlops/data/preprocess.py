@@ -101,7 +101,7 @@ def preprocess_cifar10(
     splits = {"test": arrays["test"]}
     if settings.val_size > 0:
         train_idx, val_idx = cifar10.stratified_split(
-            train_labels, settings.val_size, settings.seed
+            train_labels, settings.val_size, settings.seed, f"{prepared}: val_size"
         )
         splits["train"] = (train_images[train_idx], train_labels[train_idx])
         splits["val"] = (train_images[val_idx], train_labels[val_idx])
@@ -115,7 +115,9 @@ def preprocess_cifar10(
                 f"{prepared}: train_size {settings.train_size} asks for more than the "
                 f"{len(labels)} training images left after the validation split"
             )
-        _, keep = cifar10.stratified_split(labels, settings.train_size, settings.seed)
+        _, keep = cifar10.stratified_split(
+            labels, settings.train_size, settings.seed, f"{prepared}: train_size"
+        )
         splits["train"] = (images[keep], labels[keep])
         # Recorded only when set, so the default's outputs stay byte-identical to earlier ones.
         params_record["train_size"] = settings.train_size
