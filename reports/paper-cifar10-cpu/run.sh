@@ -8,6 +8,7 @@
 # GRID, LENGTH, MILESTONES, MODELS, SEED and TRAIN_SIZE change the grid's name, schedule,
 # models, training seed and training set (defaults: this report's, seed 0, all 50k images).
 # A MODELS entry may name its own seed, model:seed (resnet56:1), to add seeds to one grid.
+# Arguments go to every `resnet train` as params.yaml overrides, e.g. train.precision=fp32.
 set -euo pipefail
 grid=${GRID:-paper-cifar10-cpu}
 out=runs/$grid
@@ -36,7 +37,7 @@ for entry in ${MODELS:-plain20 resnet20 plain56 resnet56}; do
   if [[ $entry == *:* ]]; then seed=${entry#*:} run=$model-seed$seed; fi
   RESNET_RUN_TAGS="{\"mlflow.parentRunId\": \"$parent\", \"grid\": \"$grid\"}" \
     resnet train train.model=$model "${schedule[@]}" "${data[@]}" train.seed=$seed --data "$out/data" \
-    --out "$out/$run" --metrics "$out/$run/train.json" --history "$out/$run/history.json"
+    --out "$out/$run" --metrics "$out/$run/train.json" --history "$out/$run/history.json" "$@"
 done
 python -c "import mlflow, sys; from pathlib import Path; \
 from resnet_mlops.tracking import tracking_uri; \
