@@ -22,7 +22,14 @@ DATASETS = REPO.parent / "shared" / "datasets"
 CIFAR_MIRROR = DATASETS / "cifar10-jpg.tar.gz"
 IMAGENET_SAMPLE = DATASETS / "imagenet-sample.tar.gz"
 # What a clone holds besides src/: the pipeline, its params and the DVC config with its remote.
-PROJECT_FILES = ("dvc.yaml", ".dvcignore", ".gitignore", ".dvc/config", ".dvc/.gitignore")
+PROJECT_FILES = (
+    "dvc.yaml",
+    ".dvcignore",
+    ".gitignore",
+    ".dvc/config",
+    ".dvc/.gitignore",
+    ".dvc/plots/offline.html",  # the plots page (plots.html_template)
+)
 
 
 def copy_project(
