@@ -64,10 +64,14 @@ def figure6(runs: list[RunRecord], path: Path) -> Path:
         color = DEPTH_COLORS.get(members[0].layers)
         label = _label(model, shortcut)
         x, train = _mean_curve(members, "train_error")
-        axes.plot(x, train, "--", color=color, lw=1.0)
+        # A run of one or two epochs has too few points for a visible line: mark them.
+        marker = "o" if len(x) <= 2 else None
+        axes.plot(x, train, "--", color=color, lw=1.0, marker=marker, ms=4, mfc="none")
         x, test = _mean_curve(members, "val_error")
         test_name = "test" if all(r.evaluates_on_test for r in members) else "val"
-        axes.plot(x, test, "-", color=color, lw=2.2, label=f"{label} ({test_name})")
+        axes.plot(
+            x, test, "-", color=color, lw=2.2, marker=marker, ms=6, label=f"{label} ({test_name})"
+        )
         top = max([top, *train, *test])
     for axes, title in zip(panels, ("plain networks", "ResNets"), strict=True):
         axes.set_title(f"CIFAR-10, {title}")

@@ -9,6 +9,8 @@ from types import TracebackType
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+LOG_SECONDS = 30.0
+
 
 def _duration(seconds: float) -> str:
     minutes, secs = divmod(int(seconds), 60)
@@ -29,6 +31,7 @@ class ProgressReporter:
         self._task = None
         self._mark = (time.perf_counter(), 0, 0)  # time, iteration, images at the last report
         self._images = 0
+        self._reported = False
 
     def __enter__(self) -> ProgressReporter:
         if self.live:
@@ -56,8 +59,19 @@ class ProgressReporter:
     def step(self, iteration: int, epoch: int, sums: torch.Tensor, lr: float, images: int) -> None:
         """Called after every iteration; reports every ``every`` iterations."""
         self._images += images
-        if not self.enabled or (iteration % self.every and iteration != self.total):
+        if not self.enabled:
             return
+        # The first step this run makes (1, or the one after a resumed checkpoint) is reported
+        # at once: a log shows within seconds that training started and how fast it goes.
+        due = iteration % self.every == 0 or iteration == self.total or not self._reported
+        # In a log (DVC, Prefect, CI) there is no live bar: a line every LOG_SECONDS at the
+        # latest, so a slow CPU run shows it is alive well before `every` iterations.
+        if not due and not self.live:
+            due = time.perf_counter() - self._mark[0] >= LOG_SECONDS
+        if not due:
+            return
+        if not self._reported:  # rates and ETA count from where this run started (or resumed)
+            self._mark = (self._mark[0], iteration - 1, 0)
         loss, correct, seen = sums.tolist()
         now = time.perf_counter()
         then, first_iteration, first_images = self._mark
@@ -65,6 +79,7 @@ class ProgressReporter:
         per_iteration = (now - then) / max(iteration - first_iteration, 1)
         eta = _duration(per_iteration * (self.total - iteration))
         self._mark = (now, iteration, self._images)
+        self._reported = True
         status = (
             f"epoch {epoch + 1}/{self.epochs} loss {loss / max(seen, 1):.4f} "
             f"err {100 * (1 - correct / max(seen, 1)):.2f}% lr {lr:.4g} {rate:,.0f} img/s"
