@@ -107,10 +107,15 @@ def _figure(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def _rounded(value: Any) -> Any:
+    """Four decimals for the table (61.37, not 61.370000000000005); other values as they are."""
+    return round(value, 4) if isinstance(value, float) else value
+
+
 def metrics_rows(outcome: RunOutcome) -> list[dict[str, Any]]:
     """The metrics table: one row per figure the stages wrote."""
     return [
-        {"stage": stage, "metric": key, "value": outcome.metrics[stage][key]}
+        {"stage": stage, "metric": key, "value": _rounded(outcome.metrics[stage][key])}
         for stage, key in TABLE_KEYS
         if key in outcome.metrics.get(stage, {})
     ]

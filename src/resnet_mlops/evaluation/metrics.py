@@ -30,9 +30,15 @@ class EvalResult:
         """Flat metrics (percentages for errors), e.g. ``test_top1_error``."""
         return {
             f"{prefix}_loss": self.loss,
-            f"{prefix}_top1_error": 100 * self.top1_error,
-            f"{prefix}_top5_error": 100 * self.top5_error,
+            f"{prefix}_top1_error": percent(self.top1_error),
+            f"{prefix}_top5_error": percent(self.top5_error),
         }
+
+
+def percent(fraction: float) -> float:
+    """``fraction`` in percent without float noise: 12.26, not 12.260000000000005 (an error is
+    a count over at most millions of images, so ten decimals keep every real digit)."""
+    return round(100 * fraction, 10)
 
 
 @torch.no_grad()

@@ -33,6 +33,14 @@ def _geometry(spec: dict[str, Any]) -> str:
     )
 
 
+def _figure(text: str) -> str:
+    """A tag's number as a person reads it (12.26, not 12.260000000000005); other text as is."""
+    try:
+        return f"{float(text):.4f}".rstrip("0").rstrip(".")
+    except ValueError:
+        return text
+
+
 def model_card(version: ModelVersion, aliases: list[str], spec: dict[str, Any], uri: str) -> str:
     """A Markdown description of a registered version, from its tags."""
     tags = dict(version.tags)
@@ -56,7 +64,7 @@ def model_card(version: ModelVersion, aliases: list[str], spec: dict[str, Any], 
         "",
         "| metric | value |",
         "| --- | --- |",
-        *(f"| {key} | {value} |" for key, value in metrics.items()),
+        *(f"| {key} | {_figure(value)} |" for key, value in metrics.items()),
         "",
         "## Data and code",
         "",
