@@ -306,3 +306,5 @@ def test_every_service_that_takes_a_password_checks_it_before_it_starts(stack: d
         result = _check(*names, env=real, command=("echo", "started"))
         assert (result.returncode, result.stdout) == (0, "started\n"), name
     assert checked == WITH_PASSWORDS
+    # The flows' workspace allow-list: the worker's own setting, empty (the checkout only).
+    assert stack["services"]["prefect-worker"]["environment"]["RESNET_WORKSPACES"] == ""
