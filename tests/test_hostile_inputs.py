@@ -491,3 +491,22 @@ def test_the_cli_says_one_line(tmp_path: Path, bomb: bytes) -> None:
     assert result.stderr.strip().splitlines() == [
         f"error: {path}: image too large: 900000000 pixels, over the cap of 89478485"
     ]
+
+
+def test_parallel_decoding_reads_ahead_a_bounded_number_of_bytes() -> None:
+    from resnet_mlops.data.parallel import ordered_map
+
+    pulled = []
+
+    def files():
+        for index in range(100):
+            pulled.append(index)
+            yield f"f{index}", bytes(1000)
+
+    stream = ordered_map(
+        len, files(), workers=2, description="t", weight=lambda i: len(i[1]), window_weight=5000
+    )
+    assert next(stream) == 2
+    # Five items make the budget: the stream read that window, not the default 8192 items.
+    assert len(pulled) == 5
+    assert sum(1 for _ in stream) == 99 and len(pulled) == 100

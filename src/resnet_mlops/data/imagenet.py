@@ -89,6 +89,11 @@ class _Inspect:
             return len(data), digest, str(error)
 
 
+def _payload_bytes(item: tuple[object, bytes, *tuple[object, ...]]) -> int:
+    """The size of a ``(name, bytes, ...)`` item, for ordered_map's read-ahead budget."""
+    return len(item[1])
+
+
 @dataclass
 class Verified:
     """The verified source: entries per split, classes, names and what was set aside."""
@@ -153,6 +158,7 @@ def verify_source(
             workers=workers,
             description="verify images",
             chunksize=16,
+            weight=_payload_bytes,
         )
     )
     if not items:
@@ -308,6 +314,7 @@ def pack_shards(
         description="pack shards",
         total=len(entries_by_file),
         chunksize=16,
+        weight=_payload_bytes,
     )
     for result in stream:
         entry = entries_by_file[names_seen.popleft()]
