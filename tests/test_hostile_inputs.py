@@ -510,3 +510,10 @@ def test_parallel_decoding_reads_ahead_a_bounded_number_of_bytes() -> None:
     # Five items make the budget: the stream read that window, not the default 8192 items.
     assert len(pulled) == 5
     assert sum(1 for _ in stream) == 99 and len(pulled) == 100
+
+
+def test_a_symlink_loop_in_the_source_is_one_line(tmp_path: Path, tree: Path) -> None:
+    loop = tree / "train" / "cat" / "loop.jpg"
+    loop.symlink_to(loop)
+    with pytest.raises(DataError, match=r"loop.jpg: a symbolic link that does not resolve"):
+        run_prepare(tmp_path, tree)

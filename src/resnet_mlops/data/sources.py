@@ -266,8 +266,12 @@ def iter_folder_files(
     def escapes(path: Path) -> bool:
         if not path.is_symlink():
             return False
-        if _inside(path.resolve(), real_root):
-            return False
+        try:
+            if _inside(path.resolve(), real_root):
+                return False
+        except (RuntimeError, OSError):  # a loop: RuntimeError up to Python 3.12
+            refuse(path, "a symbolic link that does not resolve (a loop)")
+            return True
         refuse(path, f"a symbolic link out of the source folder (to {os.readlink(path)})")
         return True
 
@@ -290,7 +294,12 @@ def iter_folder_files(
                 if reason := _too_big(relative, info.st_size, max_bytes):
                     refuse(path, reason)
                     continue
-                data = path.read_bytes()
+                with path.open("rb") as file:
+                    # Bounded even if the file grows after the size check.
+                    data = file.read() if max_bytes is None else file.read(max_bytes + 1)
+                if reason := _too_big(relative, len(data), max_bytes):
+                    refuse(path, reason)
+                    continue
             except OSError as error:
                 raise DataError(f"{path}: unreadable ({error.strerror})") from None
             yield relative, data
