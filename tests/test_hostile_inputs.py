@@ -224,6 +224,10 @@ def test_preprocess_reads_no_file_larger_than_prepare_measured(tmp_path: Path) -
             "imagenet", preprocess_params(), tmp_path / "out", tmp_path / "pre", tmp_path / "p.json"
         )
     assert not (tmp_path / "pre").exists()
+    skip = preprocess_params("preprocess.skip_corrupt=true")
+    report = preprocess("imagenet", skip, tmp_path / "out", tmp_path / "pre", tmp_path / "p.json")
+    assert report["samples"]["train"] == 2
+    assert [s["file"] for s in report["skipped"]] == [str(victim)]
 
 
 # --- item 9: folder sources do not follow symbolic links out of the source ----------------

@@ -290,15 +290,18 @@ def pack_shards(
     seed: int,
     workers: int,
     skip_corrupt: bool,
+    problems: list[Problem] | None = None,
 ) -> tuple[dict[str, dict[str, object]], Counter[str], list[Problem]]:
     """Stream the source once into per-split staging files, then write shuffled shards.
 
     Training shards are written in a seeded random order, so that a reader's shuffle buffer
     sees every class rather than one folder at a time; validation keeps the file order.
+    ``problems`` may already hold (or be filled by ``source_files`` with) the files the source
+    reader refused; they count as skipped, not as missing.
     """
     staging: dict[str, tuple[io.BufferedRandom, list[tuple[int, int, int]]]] = {}
     stats: Counter[str] = Counter()
-    problems: list[Problem] = []
+    problems = [] if problems is None else problems
 
     def wanted():
         for name, data in source_files:  # type: ignore[attr-defined]
