@@ -110,6 +110,8 @@ def test_repro_then_nothing_then_only_what_a_param_change_touches(repo: Path) ->
         "prepare.cifar10",
         "prepare.skip_corrupt",
         "prepare.workers",
+        "prepare.max_pixels",
+        "prepare.max_file_bytes",
     }
     decision = json.loads((repo / "metrics" / "register.json").read_text())
     assert decision["name"] == NAME and decision["promoted"] and decision["version"] == 1

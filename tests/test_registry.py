@@ -421,6 +421,16 @@ def test_mlflow_models_serve_answers_invocations_with_an_image(
         with urllib.request.urlopen(request, timeout=120) as response:
             (prediction,) = json.loads(response.read())["predictions"]
         assert len(prediction) == 10 and sum(prediction.values()) == pytest.approx(1.0)
+        # A 30000x30000 PNG (0.9 MB) is refused from its header, the row named, not decoded.
+        from test_hostile_inputs import black_png
+
+        bomb = base64.b64encode(black_png(30_000, 30_000)).decode()
+        body = {"dataframe_split": {"columns": ["image"], "data": [[image], [bomb]]}}
+        request.data = json.dumps(body).encode()
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=120)
+        assert refused.value.code == 400
+        assert "row 1: image too large: 900000000 pixels" in refused.value.read().decode()
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from resnet_mlops.data.errors import DataError
-from resnet_mlops.data.images import BadImage, decode_rgb
+from resnet_mlops.data.images import DEFAULT_MAX_PIXELS, BadImage, decode_rgb
 from resnet_mlops.data.parallel import ordered_map
 from resnet_mlops.data.sources import Problem
 
@@ -121,15 +121,19 @@ def _split_and_class(name: str) -> tuple[str, str, str] | None:
     return parts[-3], parts[-2], parts[-1]
 
 
-def _decode_cifar(item: tuple[str, bytes]) -> np.ndarray | str:
-    name, data = item
-    try:
-        array = decode_rgb(data)
-    except BadImage as error:
-        return str(error)
-    if array.shape != (SIDE, SIDE, 3):
-        return f"expected a 32x32 image, got {array.shape[1]}x{array.shape[0]}"
-    return array
+@dataclass(frozen=True)
+class _DecodeCifar:
+    """Decode one image (a picklable callable, for the worker processes)."""
+
+    max_pixels: int
+
+    def __call__(self, item: tuple[str, bytes]) -> np.ndarray | str:
+        _, data = item
+        try:
+            # The size comes from the header: a 30000x30000 PNG is refused undecoded.
+            return decode_rgb(data, self.max_pixels, size=(SIDE, SIDE))
+        except BadImage as error:
+            return str(error)
 
 
 def read_class_folders(
@@ -138,11 +142,13 @@ def read_class_folders(
     *,
     skip_corrupt: bool,
     workers: int,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> RawDataset:
     """Read ``train/<class>/*`` and ``test/<class>/*`` image files (in sorted order).
 
     ``entries`` holds files as ``(name, bytes)`` and folders as ``(name, None)``; empty class
-    folders show up through the latter.
+    folders show up through the latter. Images over ``max_pixels`` are refused (or skipped)
+    from their header, before decoding.
     """
     dataset = RawDataset({})
     folders: dict[str, set[str]] = {split: set() for split in SPLITS}
@@ -175,7 +181,7 @@ def read_class_folders(
     label_of = {name: index for index, name in enumerate(CLASSES)}
     files.sort(key=lambda f: (f[2], label_of[f[3]], f[4]))
     decoded = ordered_map(
-        _decode_cifar,
+        _DecodeCifar(max_pixels),
         ((f[0], f[1]) for f in files),
         workers=workers,
         description="decode CIFAR-10",

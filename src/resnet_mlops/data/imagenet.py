@@ -14,7 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from resnet_mlops.data.errors import DataError
-from resnet_mlops.data.images import BadImage, inspect_image, needs_reencoding, reencode_jpeg
+from resnet_mlops.data.images import (
+    DEFAULT_MAX_PIXELS,
+    BadImage,
+    inspect_image,
+    needs_reencoding,
+    reencode_jpeg,
+)
 from resnet_mlops.data.parallel import ordered_map
 from resnet_mlops.data.sources import Problem
 
@@ -68,13 +74,24 @@ def classify(name: str) -> tuple[str | None, str, str] | None:
     return None, parts[-2], parts[-1]
 
 
-def _inspect(item: tuple[str, bytes]) -> tuple[int, str, object]:
-    name, data = item
-    digest = hashlib.sha256(data).hexdigest()
-    try:
-        return len(data), digest, inspect_image(data)
-    except BadImage as error:
-        return len(data), digest, str(error)
+@dataclass(frozen=True)
+class _Inspect:
+    """Hash and decode one file (a picklable callable, for the worker processes)."""
+
+    max_pixels: int
+
+    def __call__(self, item: tuple[str, bytes]) -> tuple[int, str, object]:
+        _, data = item
+        digest = hashlib.sha256(data).hexdigest()
+        try:
+            return len(data), digest, inspect_image(data, self.max_pixels)
+        except BadImage as error:
+            return len(data), digest, str(error)
+
+
+def _payload_bytes(item: tuple[object, bytes, *tuple[object, ...]]) -> int:
+    """The size of a ``(name, bytes, ...)`` item, for ordered_map's read-ahead budget."""
+    return len(item[1])
 
 
 @dataclass
@@ -89,10 +106,18 @@ class Verified:
     ignored: list[str]
 
 
-def verify_source(entries: object, origin: str, *, skip_corrupt: bool, workers: int) -> Verified:
+def verify_source(
+    entries: object,
+    origin: str,
+    *,
+    skip_corrupt: bool,
+    workers: int,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Verified:
     """Decode every image of an ImageNet-layout source and check its structure.
 
-    ``entries`` yields ``(name, bytes)`` for files and ``(name, None)`` for folders.
+    ``entries`` yields ``(name, bytes)`` for files and ``(name, None)`` for folders. Images
+    over ``max_pixels`` are refused (or skipped) from their header, before decoding.
     """
     folders: dict[str | None, set[str]] = {}
     synsets: dict[str, str] = {}
@@ -127,7 +152,14 @@ def verify_source(entries: object, origin: str, *, skip_corrupt: bool, workers: 
             yield name, data
 
     results = list(
-        ordered_map(_inspect, files(), workers=workers, description="verify images", chunksize=16)
+        ordered_map(
+            _Inspect(max_pixels),
+            files(),
+            workers=workers,
+            description="verify images",
+            chunksize=16,
+            weight=_payload_bytes,
+        )
     )
     if not items:
         raise DataError(f"{origin}: no images in class folders found")
@@ -211,12 +243,15 @@ class _Convert:
         name, data, entry = item
         if hashlib.sha256(data).hexdigest() != entry.sha256:
             return f"{name}: changed since the prepare stage (sha256 differs)"
+        # The bytes are those the prepare stage decoded and measured: no more pixels than it
+        # recorded may be decoded now, whatever Pillow's default limit.
+        pixels = max(1, entry.width * entry.height)
         try:
-            info = inspect_image(data)
+            info = inspect_image(data, pixels)
+            if needs_reencoding(info, self.max_side):
+                return reencode_jpeg(data, self.max_side, self.quality, pixels), True
         except BadImage as error:
             return f"{name}: {error}"
-        if needs_reencoding(info, self.max_side):
-            return reencode_jpeg(data, self.max_side, self.quality), True
         return data, False
 
 
@@ -255,15 +290,18 @@ def pack_shards(
     seed: int,
     workers: int,
     skip_corrupt: bool,
+    problems: list[Problem] | None = None,
 ) -> tuple[dict[str, dict[str, object]], Counter[str], list[Problem]]:
     """Stream the source once into per-split staging files, then write shuffled shards.
 
     Training shards are written in a seeded random order, so that a reader's shuffle buffer
     sees every class rather than one folder at a time; validation keeps the file order.
+    ``problems`` may already hold (or be filled by ``source_files`` with) the files the source
+    reader refused; they count as skipped, not as missing.
     """
     staging: dict[str, tuple[io.BufferedRandom, list[tuple[int, int, int]]]] = {}
     stats: Counter[str] = Counter()
-    problems: list[Problem] = []
+    problems = [] if problems is None else problems
 
     def wanted():
         for name, data in source_files:  # type: ignore[attr-defined]
@@ -279,6 +317,7 @@ def pack_shards(
         description="pack shards",
         total=len(entries_by_file),
         chunksize=16,
+        weight=_payload_bytes,
     )
     for result in stream:
         entry = entries_by_file[names_seen.popleft()]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,6 +13,9 @@ from PIL import Image, UnidentifiedImageError
 
 # Formats and modes the decoders (DALI's nvJPEG / libjpeg-turbo, torchvision) read as they are.
 DECODER_MODES = {"RGB", "L"}
+# Pillow's own decompression-bomb threshold (Image.MAX_IMAGE_PIXELS: 0.25 GiB as 24-bit RGB),
+# kept as the default cap: every image Pillow decoded without a warning before still passes.
+DEFAULT_MAX_PIXELS = 89_478_485
 
 
 @dataclass(frozen=True)
@@ -27,37 +32,82 @@ class BadImage(Exception):
     """The bytes are not a complete, decodable image; the message says why."""
 
 
-def inspect_image(data: bytes) -> ImageInfo:
+@contextlib.contextmanager
+def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[Image.Image]:
+    """Open an image from its header alone, refusing one over ``max_pixels`` before any pixel
+    is decoded (a 2.6 MB PNG can hold 30000x30000 pixels: 2.5 GiB decoded).
+
+    Pillow's own check reads the process-wide ``Image.MAX_IMAGE_PIXELS``; it is set here for the
+    duration, so the data stages must decode in one thread per process (they do: a process
+    pool). Within the block, decoding (``load``, ``convert``) may still raise the errors that
+    :func:`decoding_errors` turns into :class:`BadImage`.
+
+    Raises:
+        BadImage: not an image, or its header gives more than ``max_pixels`` pixels.
+    """
+    previous = Image.MAX_IMAGE_PIXELS
+    try:
+        # The size is checked below from the header, so the message can name it.
+        Image.MAX_IMAGE_PIXELS = None
+        with decoding_errors():
+            image = Image.open(io.BytesIO(data))
+        # Frames met later (animations, multi-page files) are checked by Pillow at load.
+        Image.MAX_IMAGE_PIXELS = max_pixels
+        with image, warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            width, height = image.size
+            if width * height > max_pixels:
+                raise BadImage(
+                    f"image too large: {width}x{height} pixels, over the cap of {max_pixels}"
+                )
+            yield image
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
+@contextlib.contextmanager
+def decoding_errors() -> Iterator[None]:
+    """Turn what Pillow raises for bad bytes into a one-line :class:`BadImage`."""
+    try:
+        yield
+    except UnidentifiedImageError:
+        raise BadImage("not an image") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise BadImage(f"image too large ({error})") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise BadImage(f"truncated or corrupt image ({error})") from None
+
+
+def inspect_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
     """Decode an image completely (not just its header) and describe it.
 
     Raises:
-        BadImage: not an image, or truncated/corrupt.
+        BadImage: not an image, over ``max_pixels`` pixels, or truncated/corrupt.
     """
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
-                image.load()
-                return ImageInfo(image.format or "?", image.mode, image.width, image.height)
-    except UnidentifiedImageError:
-        raise BadImage("not an image") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as error:
-        raise BadImage(f"truncated or corrupt image ({error})") from None
+    with decoding_errors(), open_image(data, max_pixels) as image:
+        image.load()
+        return ImageInfo(image.format or "?", image.mode, image.width, image.height)
 
 
-def decode_rgb(data: bytes) -> np.ndarray:
+def decode_rgb(
+    data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, size: tuple[int, int] | None = None
+) -> np.ndarray:
     """Decode to an ``(H, W, 3)`` uint8 RGB array (grayscale and CMYK become RGB).
 
+    Args:
+        data: the encoded image.
+        max_pixels: refuse larger images from their header, before decoding.
+        size: if given, the only ``(width, height)`` accepted, also checked from the header.
+
     Raises:
-        BadImage: not an image, or truncated/corrupt.
+        BadImage: not an image, too large, not ``size``, or truncated/corrupt.
     """
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            return np.asarray(image.convert("RGB"))
-    except UnidentifiedImageError:
-        raise BadImage("not an image") from None
-    except (OSError, SyntaxError, ValueError) as error:
-        raise BadImage(f"truncated or corrupt image ({error})") from None
+    with decoding_errors(), open_image(data, max_pixels) as image:
+        if size is not None and image.size != size:
+            raise BadImage(
+                f"expected a {size[0]}x{size[1]} image, got {image.width}x{image.height}"
+            )
+        return np.asarray(image.convert("RGB"))
 
 
 def needs_reencoding(info: ImageInfo, max_side: int) -> bool:
@@ -69,9 +119,11 @@ def needs_reencoding(info: ImageInfo, max_side: int) -> bool:
     return info.format != "JPEG" or info.mode not in DECODER_MODES or too_large
 
 
-def reencode_jpeg(data: bytes, max_side: int, quality: int) -> bytes:
+def reencode_jpeg(
+    data: bytes, max_side: int, quality: int, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> bytes:
     """Re-encode as an RGB (or grayscale) JPEG, shrinking the shorter side to ``max_side``."""
-    with Image.open(io.BytesIO(data)) as image:
+    with decoding_errors(), open_image(data, max_pixels) as image:
         image = image.convert("L" if image.mode in ("L", "LA", "I;16", "1") else "RGB")
         shorter = min(image.size)
         if max_side > 0 and shorter > max_side:

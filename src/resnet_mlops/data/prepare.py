@@ -11,6 +11,7 @@ import numpy as np
 
 from resnet_mlops.data import cifar10, imagenet
 from resnet_mlops.data.errors import DataError
+from resnet_mlops.data.images import DEFAULT_MAX_PIXELS
 from resnet_mlops.data.io import atomic_directory, describe_outputs, write_json_atomic
 from resnet_mlops.data.sources import (
     Problem,
@@ -48,14 +49,32 @@ class ImagenetSource:
     sha256: str  # "" for none; a SHA256SUMS file beside an archive is checked anyway
 
 
+# The default byte cap of one source file: twice the largest file a real source holds (an
+# official CIFAR-10 batch is 31 MB; ImageNet JPEGs stay under 20 MB), far below what a
+# compressed archive can expand to (a 1 GiB member of zeros is a 1 MB tar.gz).
+DEFAULT_MAX_FILE_BYTES = 64 * 2**20
+
+
 @dataclass(frozen=True)
 class PrepareParams:
-    """The ``prepare`` section of params.yaml."""
+    """The ``prepare`` section of params.yaml.
+
+    ``max_pixels`` and ``max_file_bytes`` bound what one file may cost to read and decode,
+    checked from headers before anything is read or decoded: a file over a cap is an error,
+    or, with ``skip_corrupt``, skipped and listed in the data report.
+    """
 
     cifar10: Cifar10Source
     imagenet: ImagenetSource
     skip_corrupt: bool
     workers: int  # 0: every core
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+
+    def __post_init__(self) -> None:
+        for key in ("max_pixels", "max_file_bytes"):
+            if (value := getattr(self, key)) < 1:
+                raise ValueError(f"prepare.{key}: must be positive, got {value}")
 
 
 @dataclass(frozen=True)
@@ -134,7 +153,11 @@ def prepare_cifar10(
     sha256 = None
     if path.is_file():
         sha256 = verify_archive(path)
-    entries = list(iter_source_files(path, problems if params.skip_corrupt else None))
+    entries = list(
+        iter_source_files(
+            path, problems if params.skip_corrupt else None, max_bytes=params.max_file_bytes
+        )
+    )
     names = [name for name, data in entries if data is not None]
     if path.is_file() and cifar10.is_official_archive(names):
         if params.cifar10.md5:
@@ -144,7 +167,11 @@ def prepare_cifar10(
         layout = "official-pickle"
     else:
         raw = cifar10.read_class_folders(
-            entries, str(path), skip_corrupt=params.skip_corrupt, workers=params.workers
+            entries,
+            str(path),
+            skip_corrupt=params.skip_corrupt,
+            workers=params.workers,
+            max_pixels=params.max_pixels,
         )
         layout = "class-folders"
     problems.extend(raw.problems)
@@ -198,10 +225,13 @@ def prepare_imagenet(params: PrepareParams, out_dir: Path, report_path: Path) ->
     sha256 = verify_archive(path, sha256=params.imagenet.sha256) if path.is_file() else None
     problems: list[Problem] = []
     verified = imagenet.verify_source(
-        iter_source_files(path, problems if params.skip_corrupt else None),
+        iter_source_files(
+            path, problems if params.skip_corrupt else None, max_bytes=params.max_file_bytes
+        ),
         str(path),
         skip_corrupt=params.skip_corrupt,
         workers=params.workers,
+        max_pixels=params.max_pixels,
     )
     problems.extend(verified.problems)
     kind = "archive" if path.is_file() else "folder"

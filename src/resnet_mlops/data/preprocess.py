@@ -12,7 +12,7 @@ from resnet_mlops.data import cifar10, imagenet
 from resnet_mlops.data.errors import DataError
 from resnet_mlops.data.io import atomic_directory, describe_outputs, read_json, write_json_atomic
 from resnet_mlops.data.prepare import Dataset
-from resnet_mlops.data.sources import iter_source_files
+from resnet_mlops.data.sources import Problem, iter_source_files
 
 
 @dataclass(frozen=True)
@@ -107,6 +107,11 @@ def preprocess_cifar10(
         splits["val"] = (train_images[val_idx], train_labels[val_idx])
     else:
         splits["train"] = (train_images, train_labels)
+    if not len(splits["train"][1]):
+        raise DataError(
+            f"{prepared}: val_size {settings.val_size} leaves no training images "
+            f"(of {len(train_labels)})"
+        )
     params_record = {"val_size": settings.val_size, "seed": settings.seed}
     if settings.train_size > 0:
         images, labels = splits["train"]
@@ -168,10 +173,19 @@ def preprocess_imagenet(
         raise DataError(
             f"preprocess.imagenet.shard_size must be at least 1, got {settings.shard_size}"
         )
+    # Only the listed files are read, none larger than the largest the prepare stage measured
+    # (a bigger one has changed since): no file of the source costs more to read than it did.
+    largest = max((entry.bytes for entry in entries.values()), default=0)
+    refused: list[Problem] = []
     with atomic_directory(out_dir) as tmp:
         splits, stats, problems = imagenet.pack_shards(
             entries,
-            iter_source_files(source),
+            iter_source_files(
+                source,
+                refused if params.skip_corrupt else None,
+                max_bytes=largest,
+                only=entries,
+            ),
             tmp,
             shard_size=settings.shard_size,
             max_side=settings.max_side,
@@ -179,6 +193,7 @@ def preprocess_imagenet(
             seed=settings.seed,
             workers=params.workers,
             skip_corrupt=params.skip_corrupt,
+            problems=refused,
         )
         if "val" not in splits:
             # A single folder (like the sample) serves as both splits: it proves the path,

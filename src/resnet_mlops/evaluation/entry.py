@@ -9,8 +9,9 @@ from typing import Any
 import torch
 
 from resnet_mlops.config import load_sections
+from resnet_mlops.data.errors import DataError
 from resnet_mlops.data.io import atomic_write_bytes, write_json_atomic
-from resnet_mlops.data.loaders import LoaderParams, build_loader
+from resnet_mlops.data.loaders import LoaderParams, build_loader, dataset_classes
 from resnet_mlops.evaluation.metrics import EvalResult, evaluate_model
 from resnet_mlops.evaluation.plots import plot_confusion
 from resnet_mlops.train.artifact import load_model
@@ -57,13 +58,19 @@ def evaluate(
     ImageNet is scored on the single 224 centre crop and, with ``ten_crop``, on 10 crops.
     """
     model, meta = load_model(model_path)
+    classes = list(meta["preprocessing"]["classes"])
+    data_classes = dataset_classes(dataset, data_dir)
+    if len(data_classes) != len(classes):
+        raise DataError(
+            f"{model_path}: the model has {len(classes)} classes, the data in {data_dir} has "
+            f"{len(data_classes)}; evaluate a model trained on this data"
+        )
     runtime = setup_runtime(params.device)
     channels_last = bool(meta["config"].get("train", {}).get("channels_last", False))
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(runtime.device, memory_format=memory_format)
     precision = meta["config"].get("train", {}).get("precision", "fp32")
     dtype = resolve_precision(precision, runtime.device)
-    classes = list(meta["preprocessing"]["classes"])
 
     def run(ten_crop: bool) -> EvalResult:
         loader = build_loader(

@@ -11,6 +11,12 @@ the column is declared binary, so send the bytes base64-encoded::
 
     {"dataframe_split": {"columns": ["image"], "data": [["<base64 of a .jpg file>"]]}}
 
+Images over ``MAX_PIXELS`` pixels (Pillow's own decompression-bomb threshold, 0.25 GiB as RGB,
+and the default of the prepare stage's ``max_pixels``, so any image the data stages accept is
+accepted here) are refused from their header before any pixel is decoded, with one error
+naming the row: a 2.6 MB PNG can declare 30000x30000 pixels. The cap is part of this file, so
+it travels with the model; a ``max_pixels`` entry in ``preprocessing.json`` overrides it.
+
 Output: a DataFrame with one float column per class (the softmax probabilities), one row per
 image, in the order of the input.
 
@@ -26,6 +32,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,19 +45,34 @@ from PIL import Image, UnidentifiedImageError
 
 INPUT_COLUMN = "image"
 FORMAT = "resnet-mlops/preprocessing/1"
+MAX_PIXELS = 89_478_485
 
 
-def decode_image(data: bytes) -> np.ndarray:
+def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode an encoded image to ``(H, W, 3)`` uint8 RGB (grayscale, CMYK, palette: converted).
 
+    The size is read from the header first: an image over ``max_pixels`` is never decoded.
+    Pillow's process-wide limit is left alone (a server may decode in several threads); above
+    it Pillow refuses by itself, which is reported the same way.
+
     Raises:
-        ValueError: not an image, or truncated or corrupt; the message says which.
+        ValueError: not an image, too large, or truncated or corrupt; the message says which.
     """
     try:
         with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ValueError(
+                    f"image too large: {width}x{height} pixels, over the cap of {max_pixels}"
+                )
             return np.array(image.convert("RGB"))  # a writable copy, for torch.from_numpy
     except UnidentifiedImageError:
         raise ValueError("not an image") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        # Raised by Image.open itself, before the size can be read: its message has the count.
+        found = re.search(r"\((\d+) pixels\)", str(error))
+        size = f"{found[1]} pixels" if found else str(error)
+        raise ValueError(f"image too large: {size}, over the cap of {max_pixels}") from None
     except (OSError, SyntaxError) as error:
         raise ValueError(f"truncated or corrupt image ({error})") from None
 
@@ -97,6 +119,7 @@ class ImageScorer:
         self.classes: list[str] = list(preprocessing["classes"])
         self.resize_shorter = int(preprocessing["resize_shorter"])
         self.crop = int(preprocessing["crop"])
+        self.max_pixels = int(preprocessing.get("max_pixels", MAX_PIXELS))
         side = (self.crop, self.crop, 3)
         shift = preprocessing.get("mean_image") or preprocessing["mean"]
         # Full-size float32 arrays, as the training pipelines use: the same float32 expression.
@@ -142,7 +165,7 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         images = []
         for row, data in enumerate(model_input[INPUT_COLUMN]):
             try:
-                images.append(decode_image(bytes(data)))
+                images.append(decode_image(bytes(data), self.scorer.max_pixels))
             except (ValueError, TypeError) as error:
                 raise ValueError(f"row {row}: {error}") from None
         probabilities = self.scorer.probabilities(images)

@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from resnet_mlops.config import to_dict
 from resnet_mlops.data.io import write_json_atomic
-from resnet_mlops.data.loaders import LoaderParams, build_loader
+from resnet_mlops.data.loaders import LoaderParams, build_loader, evaluation_split
 from resnet_mlops.data.loaders.build import Loader
 from resnet_mlops.evaluation.metrics import evaluate_model
 from resnet_mlops.models import build_model
@@ -92,7 +92,7 @@ def _num_classes(dataset: str, data_dir: Path) -> int:
 
 def _eval_split(dataset: str, data_dir: Path) -> str:
     if dataset == "cifar10":
-        return "val" if (data_dir / "val_labels.npy").exists() else "test"
+        return evaluation_split(data_dir)
     return "val"
 
 

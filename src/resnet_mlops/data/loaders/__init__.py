@@ -5,8 +5,14 @@ iterable of ``(images, labels)`` PyTorch batches with ``len()`` and ``set_epoch(
 imported only when it is used, so the fallback works where DALI does not install.
 """
 
-from resnet_mlops.data.loaders.build import Loader, build_loader, dali_available, resolve_backend
-from resnet_mlops.data.loaders.cifar_arrays import CifarSplit, load_cifar_split
+from resnet_mlops.data.loaders.build import (
+    Loader,
+    build_loader,
+    dali_available,
+    dataset_classes,
+    resolve_backend,
+)
+from resnet_mlops.data.loaders.cifar_arrays import CifarSplit, evaluation_split, load_cifar_split
 from resnet_mlops.data.loaders.epochs import epoch_order
 from resnet_mlops.data.loaders.jpeg_shards import JpegShards, load_imagenet_split
 from resnet_mlops.data.loaders.params import IMAGENET_MEAN, IMAGENET_STD, LoaderParams
@@ -20,7 +26,9 @@ __all__ = [
     "LoaderParams",
     "build_loader",
     "dali_available",
+    "dataset_classes",
     "epoch_order",
+    "evaluation_split",
     "load_cifar_split",
     "load_imagenet_split",
     "resolve_backend",

@@ -9,6 +9,8 @@ from typing import Literal, Protocol
 import torch
 
 from resnet_mlops.config import ConfigError
+from resnet_mlops.data.errors import DataError
+from resnet_mlops.data.io import read_json
 from resnet_mlops.data.loaders.cifar_arrays import load_cifar_split, normalization
 from resnet_mlops.data.loaders.epochs import check_shard
 from resnet_mlops.data.loaders.jpeg_shards import load_imagenet_split
@@ -69,6 +71,21 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def dataset_classes(dataset: Dataset, data_dir: Path) -> tuple[str, ...]:
+    """The class names of a preprocessed folder (``stats.json`` or ``index.json``), read
+    without loading the data.
+
+    Raises:
+        DataError: the file is missing or has no class list.
+    """
+    path = Path(data_dir) / ("stats.json" if dataset == "cifar10" else "index.json")
+    content = read_json(path, "run the preprocess stage")
+    classes = content.get("classes") if isinstance(content, dict) else None
+    if not isinstance(classes, list) or not classes:
+        raise DataError(f"{path}: expected a non-empty list of classes")
+    return tuple(str(c) for c in classes)
 
 
 def build_loader(

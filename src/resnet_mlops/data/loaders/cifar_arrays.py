@@ -74,6 +74,9 @@ def load_cifar_split(data_dir: Path, split: str) -> CifarSplit:
     labels_path = data_dir / f"{split}_labels.npy"
     labels = _load(labels_path, np.int64, (len(images),))
     mean_image = _load(data_dir / "mean_image.npy", np.float32, (SIDE, SIDE, 3))
+    if not len(images):
+        # Nothing to train or score on: an epoch of 0 batches divides by zero further on.
+        raise DataError(f"{data_dir / f'{split}_images.npy'}: no images (an empty {split} split)")
     bad = np.flatnonzero((labels < 0) | (labels >= len(classes)))
     if bad.size:
         raise DataError(
@@ -81,6 +84,31 @@ def load_cifar_split(data_dir: Path, split: str) -> CifarSplit:
             f"[0, {len(classes)})"
         )
     return CifarSplit(images, labels, classes, mean_image, mean, std)
+
+
+def evaluation_split(data_dir: Path) -> str:
+    """The split training scores itself on each epoch: ``val`` when the preprocess stage held
+    one out (``stats.json`` lists it), ``test`` when it did not (``val_size: 0``).
+
+    Raises:
+        DataError: ``stats.json`` lists a validation split whose arrays are missing; falling
+            back to the test set would report test error as validation error, unannounced.
+    """
+    data_dir = Path(data_dir)
+    stats_path = data_dir / "stats.json"
+    stats = read_json(stats_path, "run the preprocess stage")
+    splits = stats.get("splits") if isinstance(stats, dict) else None
+    if not isinstance(splits, dict):  # no split list to go by: the arrays decide
+        return "val" if (data_dir / "val_labels.npy").exists() else "test"
+    if not splits.get("val"):
+        return "test"
+    for name in ("val_images.npy", "val_labels.npy"):
+        if not (data_dir / name).exists():
+            raise DataError(
+                f"{data_dir / name}: no such file, but {stats_path} lists a validation split "
+                f"of {splits['val']} images (run the preprocess stage again)"
+            )
+    return "val"
 
 
 def normalization(split: CifarSplit, mode: CifarNormalization) -> tuple[np.ndarray, np.ndarray]:

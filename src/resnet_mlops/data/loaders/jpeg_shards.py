@@ -166,5 +166,7 @@ def load_imagenet_split(data_dir: Path, split: str) -> JpegShards:
                 column.append(value)
             keys.append(key)
     files.close()
+    if not keys:
+        raise DataError(f"{data_dir / 'index.json'}: split {split!r} has no samples")
     shard, offset, size, labels = (np.asarray(c, dtype=np.int64) for c in columns)
     return JpegShards(files, shard, offset, size, labels, tuple(keys), classes)
