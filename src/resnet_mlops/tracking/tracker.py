@@ -262,10 +262,11 @@ class RunTracker:
         target = folder / artifact_path if artifact_path else folder
         if path.is_dir():
             shutil.copytree(path, target, dirs_exist_ok=True)
+            self._keep(folder, f"{artifact_path or '.'}/")
         else:
             target.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, target / path.name)
-        self._keep(folder, f"{artifact_path}/{path.name}" if artifact_path else path.name)
+            self._keep(folder, f"{artifact_path}/{path.name}" if artifact_path else path.name)
 
     def log_curves(
         self, path: Path, *, x_label: str = "step", artifact_path: str = "plots"
