@@ -122,11 +122,31 @@ def test_a_run_the_server_never_saw_is_sent_whole_by_replay(
     assert len(client.get_run(run_id).outputs.model_outputs) == 1
 
 
+def test_a_new_run_keeps_aside_a_journal_the_server_never_got(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    history = tmp_path / "mlflow-history.jsonl"
+    common = {"experiment": "e", "tracking_uri": dead_uri(), "history_path": history}
+    for value in (1.0, 2.0):  # two fresh runs, neither sent
+        with RunTracker(**common, system_metrics=False) as tracker:
+            tracker.start(CONFIG)
+            tracker.log_metrics({"loss": value}, 0)
+    (kept,) = tmp_path.glob("mlflow-history.*.jsonl")
+    assert [r.metrics for r in read_history(kept)[0]] == [{"loss": 1.0}]
+    assert [r.metrics for r in read_history(history)[0]] == [{"loss": 2.0}]
+    assert any(f"kept as {kept}" in r.getMessage() for r in caplog.records)
+
+
 def test_replay_without_a_run_start_names_the_journal(tmp_path: Path) -> None:
     history = tmp_path / "h.jsonl"
     history.write_text(json.dumps({"step": 0, "timestamp": 1, "metrics": {"a": 1.0}}) + "\n")
     with pytest.raises(ValueError, match=r"h\.jsonl: records without a run id"):
         replay_history(history, tracking_uri=default_tracking_uri(tmp_path))
+    (tmp_path / "precious").mkdir()
+    history.write_text(json.dumps({"folder": "precious", "run_id": "0123"}) + "\n")
+    with pytest.raises(ValueError, match=r"h\.jsonl: 'precious' is not in mlflow-pending/"):
+        replay_history(history, tracking_uri=default_tracking_uri(tmp_path))
+    assert (tmp_path / "precious").is_dir() and not (tmp_path / "mlflow.db").exists()
     history.write_text('{"neither": 1}\n{"step": 0, "timestamp": 1, "metrics": {}}\n')
     with pytest.raises(ValueError, match=r"h\.jsonl:1: not a journal record"):
         read_journal(history)

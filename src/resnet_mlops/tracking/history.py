@@ -34,6 +34,8 @@ from resnet_mlops.tracking.runs import log_params_and_tags, open_run
 
 log = logging.getLogger(__name__)
 
+PENDING_DIR = "mlflow-pending"  # beside the journal: files kept until they reach the server
+
 
 @dataclasses.dataclass(frozen=True)
 class MetricRecord:
@@ -222,14 +224,22 @@ def replay_history(
 
     from resnet_mlops.tracking.model import log_saved_model
 
+    records = read_journal(history_file)  # before a client: it may create a store
+    pending = (history_file.parent / PENDING_DIR).resolve()
+    for record in records:  # A folder is removed once sent: only ever one of ours.
+        if isinstance(record, Upload):
+            folder = history_file.parent / record.folder
+            if folder.is_symlink() or folder.resolve().parent != pending:
+                raise ValueError(f"{history_file}: {record.folder!r} is not in {PENDING_DIR}/")
+    start = next((r for r in records if isinstance(r, RunStart) and r.run_id is None), None)
+    unnamed = run_id is None and any(r.run_id is None for r in records)
+    if unnamed and start is None:
+        raise ValueError(f"{history_file}: records without a run id; pass a run id")
     uri = tracking_uri or mlflow.get_tracking_uri()
     client = MlflowClient(uri)
-    records = read_journal(history_file)
     created: str | None = None
-    if run_id is None and any(r.run_id is None for r in records):
-        start = next((r for r in records if isinstance(r, RunStart) and r.run_id is None), None)
-        if start is None:
-            raise ValueError(f"{history_file}: records without a run id; pass a run id")
+    if unnamed:
+        assert start is not None
         created, _, _ = open_run(
             client,
             experiment=start.experiment,

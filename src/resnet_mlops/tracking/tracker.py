@@ -25,12 +25,14 @@ from resnet_mlops.config import flatten
 from resnet_mlops.tracking.connection import short_http_limits
 from resnet_mlops.tracking.curves import plot_curves
 from resnet_mlops.tracking.history import (
+    PENDING_DIR,
     HistoryJournal,
     MetricRecord,
     RunEnd,
     RunStart,
     Upload,
     read_history,
+    read_journal,
 )
 from resnet_mlops.tracking.model import log_pytorch_model, save_pytorch_model
 from resnet_mlops.tracking.runs import TrackingError, log_params_and_tags, open_run
@@ -42,7 +44,6 @@ log = logging.getLogger(__name__)
 DATA_VERSION_TAG = "data.version"
 PARAMS_ARTIFACT = "params.json"
 STATUSES = ("FINISHED", "FAILED", "KILLED")
-PENDING_DIR = "mlflow-pending"  # beside the journal: files kept until they reach the server
 STAGING_PREFIX = "resnet-mlflow-"  # + "<pid>-": a journal-less tracker's temporary folder
 
 
@@ -55,14 +56,31 @@ def _sweep_stale_staging() -> None:
     """
     for folder in Path(tempfile.gettempdir()).glob(f"{STAGING_PREFIX}*-*"):
         parts = folder.name.split("-")
-        if len(parts) != 4 or not parts[2].isdigit() or folder.stat().st_uid != os.getuid():
+        if len(parts) != 4 or not parts[2].isdigit():
             continue
         try:
-            os.kill(int(parts[2]), 0)
+            if folder.stat().st_uid == os.getuid():
+                os.kill(int(parts[2]), 0)
         except ProcessLookupError:
             shutil.rmtree(folder, ignore_errors=True)
-        except OSError:  # The pid runs under another user: alive.
+        except OSError:  # Gone already, or the pid runs under another user: alive.
             continue
+
+
+def _holds_unsent(history: Path) -> bool:
+    """Whether a journal names a run never created or files never sent (an unreadable one
+    counts too: it is not ours to discard)."""
+    if not history.exists():
+        return False
+    try:
+        records = read_journal(history)
+    except (OSError, ValueError):
+        return True
+    return any(
+        (isinstance(r, RunStart) and r.run_id is None)
+        or (isinstance(r, Upload) and (history.parent / r.folder).exists())
+        for r in records
+    )
 
 
 class RunTracker:
@@ -413,6 +431,16 @@ class RunTracker:
     def _open_history(self) -> None:
         if self.history_path is None:
             return
+        if not self._resuming and _holds_unsent(self.history_path):
+            # A new run rewrites the journal; one the server never fully got is kept aside.
+            kept = self.history_path.with_suffix(f".{time.time_ns() // 1_000_000}.jsonl")
+            os.replace(self.history_path, kept)
+            log.warning(
+                "%s held what MLflow never got from an earlier run; kept as %s; send it with: %s",
+                self.history_path,
+                kept,
+                self._sync_command(kept),
+            )
         if self._resuming and self.history_path.exists():
             self._history.extend(read_history(self.history_path)[0])
         self._journal = HistoryJournal(self.history_path, append=self._resuming)
@@ -487,6 +515,6 @@ class RunTracker:
             self._sync_command(),
         )
 
-    def _sync_command(self) -> str:
-        uri, history = shlex.quote(self.tracking_uri), shlex.quote(str(self.history_path))
-        return f"MLFLOW_TRACKING_URI={uri} resnet sync --history {history}"
+    def _sync_command(self, history: Path | None = None) -> str:
+        uri, path = shlex.quote(self.tracking_uri), shlex.quote(str(history or self.history_path))
+        return f"MLFLOW_TRACKING_URI={uri} resnet sync --history {path}"
