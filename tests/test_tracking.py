@@ -37,7 +37,7 @@ from resnet_mlops.tracking import (
     git_tags,
     plot_curves,
     read_history,
-    replay_metrics,
+    replay_history,
     tracking_uri,
 )
 from resnet_mlops.tracking.connection import HTTP_LIMITS
@@ -269,7 +269,7 @@ def test_server_down_at_start_continues_without_tracking(
         assert tracker.log_curves(tmp_path / "curves.png") == tmp_path / "curves.png"
     assert time.perf_counter() - began < 15
     assert warnings_from_tracking(caplog, f"MLflow tracking at {uri} is unavailable")
-    assert warnings_from_tracking(caplog, "replay_metrics")
+    assert warnings_from_tracking(caplog, "resnet sync --history")
     assert [r.step for r in read_history(history)[0]] == [0, 1, 2]
     assert (tmp_path / "curves.png").stat().st_size > 0
 
@@ -298,11 +298,11 @@ def test_replay_sends_a_history_once(tmp_path: Path) -> None:
             tracker.log_metrics(epoch_metrics(step), step)
     client = MlflowClient(uri)
     # Everything already arrived: replaying stores nothing twice.
-    assert replay_metrics(history, tracking_uri=uri) == 4 * len(KEYS)
+    assert replay_history(history, tracking_uri=uri).metrics == 4 * len(KEYS)
     assert steps_of(client, run_id, "lr") == [0, 1, 2, 3]
     # To another run (e.g. when the server was down from the start).
     other = client.create_run(client.get_run(run_id).info.experiment_id).info.run_id
-    replay_metrics(history, other, tracking_uri=uri)
+    replay_history(history, other, tracking_uri=uri)
     assert steps_of(client, other, "lr") == [0, 1, 2, 3]
     assert client.get_run(other).info.status == "FINISHED"  # The recorded end, applied.
 
@@ -425,14 +425,14 @@ def test_outage_mid_run_loses_nothing(
         began = time.perf_counter()
         tracker.finish()
         assert time.perf_counter() - began < 30
-        assert warnings_from_tracking(caplog, "replay_metrics")
+        assert warnings_from_tracking(caplog, "resnet sync --history")
 
         records, end = read_history(history)  # The history has every value.
         assert [r.step for r in records] == list(range(10)) and end.status == "FINISHED"
 
         server = start_mlflow_server(store, port=server.port)
         assert client.get_run(run_id).info.status == "RUNNING"  # The end never arrived...
-        replay_metrics(history, run_id, tracking_uri=server.uri)
+        replay_history(history, run_id, tracking_uri=server.uri)
         for key in KEYS:
             assert steps_of(client, run_id, key) == list(range(10))  # ...each value once.
         assert client.get_run(run_id).info.status == "FINISHED"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -342,9 +343,57 @@ def import_run_command(
         typer.echo(f"{run_dir} -> MLflow run {run_id}")
 
 
+@app.command("sync")
+def sync_command(
+    history: Annotated[Path, typer.Option(help="The run's journal, beside its model.")] = Path(
+        "models/mlflow-history.jsonl"
+    ),
+    run_id: Annotated[
+        str | None, typer.Option(help="Send to this run instead of the recorded one.")
+    ] = None,
+) -> None:
+    """Send what a training run could not send to MLflow: params, metrics, plots, the model.
+
+    Creates the run if the server was down when training started. Safe to repeat.
+    """
+    from mlflow.exceptions import MlflowException
+
+    from resnet_mlops.tracking import replay_history, tracking_uri
+    from resnet_mlops.tracking.connection import short_http_limits
+    from resnet_mlops.tracking.uploader import describe
+
+    uri = tracking_uri(Path.cwd())
+    try:
+        with short_http_limits():
+            sent = replay_history(history, run_id, tracking_uri=uri)
+    except FileNotFoundError:
+        fail(f"{history}: no such file (the journal resnet train writes beside the model)", 1)
+    except ValueError as error:
+        fail(str(error), 1)
+    except MlflowException as error:
+        fail(f"MLflow tracking at {uri}: {describe(error)}", 1)
+    typer.echo(
+        f"sent to run {', '.join(sent.run_ids) or '-'} at {uri}: {sent.metrics} metric values, "
+        f"{sent.uploads} artifact uploads, {sent.models} models"
+    )
+
+
+def configure_logging() -> None:
+    """Send this package's log records (INFO and up) and other warnings to stderr.
+
+    Set up here, once, before any command imports MLflow: ``import mlflow.pytorch`` calls
+    ``logging.basicConfig(level=ERROR)``, which, on an unconfigured root logger, would mute
+    every warning of ours. With a handler on the root logger already, that call does nothing,
+    and the package's own level keeps it independent of whatever the root's becomes.
+    """
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    logging.getLogger("resnet_mlops").setLevel(logging.INFO)
+
+
 @app.callback()
 def main() -> None:
     """Deep Residual Learning (He et al., 2015): models, data, training and tracking."""
+    configure_logging()
 
 
 add_commands(app)

@@ -11,15 +11,15 @@ The trainer, on rank 0 (other ranks pass ``enabled=False``)::
         tracker.log_curves(out / "curves.png", x_label="iteration")
         tracker.log_model(model, example_batch)
 
-The history file keeps every value even if the server never comes back;
-:func:`replay_metrics` sends it later.
+The history file (a journal) and the ``mlflow-pending/`` folder beside it keep whatever the
+server did not get; ``resnet sync`` (:func:`replay_history`) sends it later.
 """
 
 from resnet_mlops.tracking.connection import default_tracking_uri, tracking_uri
 from resnet_mlops.tracking.curves import plot_curves
 from resnet_mlops.tracking.env import RUN_TAGS_ENV, env_tags
 from resnet_mlops.tracking.git import git_tags
-from resnet_mlops.tracking.history import MetricRecord, read_history, replay_metrics
+from resnet_mlops.tracking.history import MetricRecord, read_history, replay_history
 from resnet_mlops.tracking.tracker import DATA_VERSION_TAG, RunTracker, TrackingError
 
 __all__ = [
@@ -33,6 +33,6 @@ __all__ = [
     "git_tags",
     "plot_curves",
     "read_history",
-    "replay_metrics",
+    "replay_history",
     "tracking_uri",
 ]

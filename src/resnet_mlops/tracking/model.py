@@ -6,12 +6,13 @@ import contextlib
 import copy
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import mlflow.pytorch
 import numpy as np
 import torch
-from mlflow.models import infer_signature
+from mlflow.models import Model, infer_signature
 from torch import nn
 
 from resnet_mlops.tracking.connection import global_tracking_uri
@@ -39,6 +40,22 @@ def _env(name: str, value: str) -> Iterator[None]:
             os.environ.pop(name, None)
         else:
             os.environ[name] = previous
+
+
+def _prepared(
+    model: nn.Module, input_example: np.ndarray, kwargs: dict[str, Any]
+) -> tuple[nn.Module, dict[str, Any]]:
+    """A CPU copy in eval mode, and the arguments with the signature and requirements."""
+    cpu_model = copy.deepcopy(unwrap(model)).cpu().eval()
+    with torch.no_grad():
+        output = cpu_model(torch.from_numpy(input_example))
+    kwargs = {"signature": infer_signature(input_example, output.numpy()), **kwargs}
+    if not {"pip_requirements", "extra_pip_requirements", "conda_env"} & kwargs.keys():
+        # MLflow would otherwise load the model in a subprocess to guess its requirements
+        # (seconds, and it lists every package the process had imported); an exported
+        # program needs torch.
+        kwargs["pip_requirements"] = mlflow.pytorch.get_default_pip_requirements()
+    return cpu_model, {"input_example": input_example, **kwargs}
 
 
 def log_pytorch_model(
@@ -72,25 +89,32 @@ def log_pytorch_model(
     Raises:
         MlflowException: the server could not be reached or rejected the model.
     """
-    cpu_model = copy.deepcopy(unwrap(model)).cpu().eval()
-    with torch.no_grad():
-        output = cpu_model(torch.from_numpy(input_example))
-    signature = infer_signature(input_example, output.numpy())
-    if not {"pip_requirements", "extra_pip_requirements", "conda_env"} & kwargs.keys():
-        # MLflow would otherwise load the model in a subprocess to guess its requirements
-        # (seconds, and it lists every package the process had imported); an exported
-        # program needs torch.
-        kwargs["pip_requirements"] = mlflow.pytorch.get_default_pip_requirements()
+    cpu_model, kwargs = _prepared(model, input_example, kwargs)
     experiment_id = mlflow.MlflowClient(tracking_uri).get_run(run_id).info.experiment_id
     # MLflow 3 files a logged model under the *active* experiment, not the run's: without
     # this the model lands in "Default", away from its run.
     with global_tracking_uri(tracking_uri), _env("MLFLOW_EXPERIMENT_ID", experiment_id):
-        info = mlflow.pytorch.log_model(
-            cpu_model,
-            name=name,
-            signature=signature,
-            input_example=input_example,
-            run_id=run_id,
-            **kwargs,
-        )
+        info = mlflow.pytorch.log_model(cpu_model, name=name, run_id=run_id, **kwargs)
     return info.model_uri
+
+
+def save_pytorch_model(model: nn.Module, input_example: np.ndarray, path: Path) -> None:
+    """Save the model as :func:`log_pytorch_model` would log it, to a new local folder
+    (``mlflow.pytorch.save_model``), for :func:`log_saved_model` to log later."""
+    cpu_model, kwargs = _prepared(model, input_example, {})
+    mlflow.pytorch.save_model(cpu_model, str(path), **kwargs)
+
+
+def log_saved_model(
+    path: Path, *, tracking_uri: str, run_id: str, name: str = "model", **kwargs: Any
+) -> str:
+    """Log a model saved by :func:`save_pytorch_model` to a run; returns its URI.
+
+    MLflow has no call that logs a saved folder as a run's model, so the saved program is
+    loaded and logged again, with the input example saved beside it.
+    """
+    example = Model.load(str(path)).load_input_example(str(path))
+    model = mlflow.pytorch.load_model(str(path))
+    return log_pytorch_model(
+        model, example, tracking_uri=tracking_uri, run_id=run_id, name=name, **kwargs
+    )

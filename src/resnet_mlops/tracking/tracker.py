@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import logging
+import os
+import shlex
 import shutil
 import tempfile
 import time
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
@@ -22,8 +24,17 @@ from torch import nn
 from resnet_mlops.config import flatten
 from resnet_mlops.tracking.connection import short_http_limits
 from resnet_mlops.tracking.curves import plot_curves
-from resnet_mlops.tracking.history import HistoryJournal, MetricRecord, RunEnd, read_history
-from resnet_mlops.tracking.model import log_pytorch_model
+from resnet_mlops.tracking.history import (
+    PENDING_DIR,
+    HistoryJournal,
+    MetricRecord,
+    RunEnd,
+    RunStart,
+    Upload,
+    read_history,
+    read_journal,
+)
+from resnet_mlops.tracking.model import log_pytorch_model, save_pytorch_model
 from resnet_mlops.tracking.runs import TrackingError, log_params_and_tags, open_run
 from resnet_mlops.tracking.system import SystemMetrics
 from resnet_mlops.tracking.uploader import Uploader, describe, is_permanent
@@ -33,15 +44,55 @@ log = logging.getLogger(__name__)
 DATA_VERSION_TAG = "data.version"
 PARAMS_ARTIFACT = "params.json"
 STATUSES = ("FINISHED", "FAILED", "KILLED")
+STAGING_PREFIX = "resnet-mlflow-"  # + "<pid>-": a journal-less tracker's temporary folder
+
+
+def _sweep_stale_staging() -> None:
+    """Remove the temporary folders of journal-less trackers whose process is gone (a kill).
+
+    Only folders with our prefix and a pid (``resnet-mlflow-<pid>-<random>``), owned by this
+    user, whose pid no longer runs: another user's, a live process's, or one we cannot
+    attribute (an older name without a pid) are left alone.
+    """
+    for folder in Path(tempfile.gettempdir()).glob(f"{STAGING_PREFIX}*-*"):
+        parts = folder.name.split("-")
+        if len(parts) != 4 or not parts[2].isdigit():
+            continue
+        try:
+            if folder.stat().st_uid == os.getuid():
+                os.kill(int(parts[2]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except OSError:  # Gone already, or the pid runs under another user: alive.
+            continue
+
+
+def _holds_unsent(history: Path) -> bool:
+    """Whether a journal names a run never created or files never sent (an unreadable one
+    counts too: it is not ours to discard)."""
+    if not history.exists():
+        return False
+    try:
+        records = read_journal(history)
+    except (OSError, ValueError):
+        return True
+    return any(
+        (isinstance(r, RunStart) and r.run_id is None)
+        or (isinstance(r, Upload) and (history.parent / r.folder).exists())
+        for r in records
+    )
 
 
 class RunTracker:
     """Records a training run in MLflow without ever holding up, or stopping, the training.
 
-    Metrics go to a local history file at once and to the server from a background thread
-    that keeps and retries them while the server is down; whatever has not reached the
-    server when the run finishes can be sent later with :func:`replay_metrics`. As a context
-    manager it finishes the run FINISHED, FAILED on an exception, KILLED on Ctrl-C.
+    Metrics go to a local journal (``history_path``) at once and to the server from a
+    background thread that keeps and retries them while the server is down. Files to upload
+    (params.json, plots, a model the server could not take) are kept in ``mlflow-pending/``
+    beside the journal until they reach the server. Whatever has not reached it when the run
+    finishes, the whole run if the server was down at the start, is named in one warning and
+    sent later by ``resnet sync`` (:func:`replay_history`). As a context manager it finishes
+    the run FINISHED, FAILED on an exception, KILLED on Ctrl-C.
 
     Args:
         experiment: The MLflow experiment, created if missing.
@@ -52,8 +103,12 @@ class RunTracker:
         enabled: False makes every method a no-op, for ranks other than 0.
         required: Make an unreachable server at :meth:`start` an error instead of a warning.
             Outages later in the run never stop the training.
-        history_path: The local metric history (JSON Lines). Rewritten by a new run,
-            appended to when ``run_id`` is given.
+        history_path: The local journal (JSON Lines). Rewritten by a new run, appended to
+            by a resumed one. Without it nothing is kept for a later replay, and uploads
+            are staged in a temporary folder.
+        resumed: Whether this continues an earlier session of the run (appends to the
+            journal); default: whether ``run_id`` is given. A run resumed while the server
+            was down has no id but must keep its journal.
         system_metrics: Log MLflow's system metrics (CPU, memory, GPU; needs psutil).
         flush_timeout_s: How long :meth:`finish` waits for queued uploads.
     """
@@ -70,6 +125,7 @@ class RunTracker:
         history_path: Path | None = None,
         system_metrics: bool = True,
         flush_timeout_s: float = 30.0,
+        resumed: bool | None = None,
     ) -> None:
         self.experiment = experiment
         self.tracking_uri = tracking_uri
@@ -80,7 +136,7 @@ class RunTracker:
         self.history_path = history_path
         self.system_metrics = system_metrics
         self.flush_timeout_s = flush_timeout_s
-        self._resuming = run_id is not None
+        self._resuming = run_id is not None if resumed is None else resumed
         self._state = "new"
         self._history: list[MetricRecord] = []
         self._client: MlflowClient | None = None
@@ -88,7 +144,8 @@ class RunTracker:
         self._uploader: Uploader | None = None
         self._monitor: SystemMetrics | None = None
         self._staging: Path | None = None
-        self._staged = itertools.count()
+        self._kept: dict[Path, str] = {}  # staged folder -> what it holds, for messages
+        self._queued: list[Path] = []  # staged folders handed to the uploader
         self._scope = contextlib.ExitStack()
 
     @property
@@ -171,8 +228,14 @@ class RunTracker:
         except Exception as error:
             self._unavailable(client, created, error)
         self._open_history()
+        self._open_staging()
         if self._client is not None:
-            self._start_uploads(params)
+            self._start_uploads()
+        elif self._journal is not None:  # What resnet sync creates the run with.
+            name = self.run_name
+            self._journal.write(RunStart(self.experiment, name, params, all_tags, self.run_id))
+        full = json.dumps(flatten(params), indent=2, sort_keys=True, default=str) + "\n"
+        self._stage_text(PARAMS_ARTIFACT, full)
         return self.run_id
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
@@ -210,15 +273,18 @@ class RunTracker:
         if not self.enabled:
             return
         self._require_started()
-        if self._uploader is None or self._staging is None:
-            return
-        staged = self._staging / str(next(self._staged))
+        if self._uploader is None and self._journal is None:
+            return  # Neither sent nor kept: nothing to copy.
+        folder = self._new_folder()
+        # The folder mirrors the run's artifact tree, so it is sent as it is, now or later.
+        target = folder / artifact_path if artifact_path else folder
         if path.is_dir():
-            shutil.copytree(path, staged)
+            shutil.copytree(path, target, dirs_exist_ok=True)
+            self._keep(folder, f"{artifact_path or '.'}/")
         else:
-            staged.mkdir()
-            staged = Path(shutil.copy2(path, staged / path.name))
-        self._uploader.put_artifact(staged, artifact_path)
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target / path.name)
+            self._keep(folder, f"{artifact_path}/{path.name}" if artifact_path else path.name)
 
     def log_curves(
         self, path: Path, *, x_label: str = "step", artifact_path: str = "plots"
@@ -263,26 +329,31 @@ class RunTracker:
         if not self.enabled:
             return None
         self._require_started()
-        if not self.active:
-            return None
-        assert self.run_id is not None
-        try:
-            return log_pytorch_model(
-                model,
-                input_example,
-                tracking_uri=self.tracking_uri,
-                run_id=self.run_id,
-                name=name,
-                **kwargs,
-            )
-        except MlflowException as error:
-            if is_permanent(error):
-                raise
-            message = f"could not log model {name!r} to {self.tracking_uri}: {describe(error)}"
-            if self.required:
-                raise TrackingError(message) from error
-            log.warning("%s", message)
-            return None
+        if self.active:
+            assert self.run_id is not None
+            try:
+                return log_pytorch_model(
+                    model,
+                    input_example,
+                    tracking_uri=self.tracking_uri,
+                    run_id=self.run_id,
+                    name=name,
+                    **kwargs,
+                )
+            except MlflowException as error:
+                if is_permanent(error):
+                    raise
+                message = f"could not log model {name!r} to {self.tracking_uri}: "
+                message += describe(error)
+                if self.required:
+                    raise TrackingError(message) from error
+                log.warning("%s", message)
+        if self._journal is not None:  # Kept for resnet sync; the end of run warning says so.
+            folder = self._new_folder()
+            save_pytorch_model(model, input_example, folder)
+            self._journal.write(Upload(self._relative(folder), name, kwargs, self.run_id))
+            self._kept[folder] = f"model {name!r}"
+        return None
 
     def finish(self, status: str = "FINISHED") -> None:
         """End the run: flush queued uploads (bounded by ``flush_timeout_s``), set the status.
@@ -316,9 +387,16 @@ class RunTracker:
             except Exception as error:
                 ended = False
                 log.debug("could not end MLflow run %s: %s", self.run_id, describe(error))
-        self._report_unsent(unsent, unsent_artifacts, ended, status)
-        if self._staging is not None:
-            shutil.rmtree(self._staging, ignore_errors=True)
+        sent = [folder for folder in self._queued if folder not in dict(unsent_artifacts)]
+        for folder in sent:  # Ours, and on the server now.
+            shutil.rmtree(folder, ignore_errors=True)
+            del self._kept[folder]
+        self._report_unsent(unsent, ended, status)
+        if self._staging is not None and self._journal is None:
+            shutil.rmtree(self._staging, ignore_errors=True)  # Nothing refers to it.
+        elif self._staging is not None and not self._kept:
+            with contextlib.suppress(OSError):  # Empty, unless another run's files are there.
+                self._staging.rmdir()
         self._scope.close()
         self._state = "finished"
 
@@ -338,19 +416,44 @@ class RunTracker:
             self._scope.close()
             self._state = "finished"
             raise TrackingError(message) from error
-        where = f"; metrics are saved to {self.history_path}" if self.history_path else ""
-        log.warning("%s. Training goes on without tracking%s", message, where)
+        if self.history_path is None:
+            log.warning("%s. Training goes on without tracking", message)
+            return
+        log.warning(
+            "%s. Training goes on; the run (params, metrics, plots, model) is kept in %s and %s "
+            "and can be sent later with: %s",
+            message,
+            self.history_path,
+            self.history_path.parent / PENDING_DIR,
+            self._sync_command(),
+        )
 
     def _open_history(self) -> None:
         if self.history_path is None:
             return
+        if not self._resuming and _holds_unsent(self.history_path):
+            # A new run rewrites the journal; one the server never fully got is kept aside.
+            kept = self.history_path.with_suffix(f".{time.time_ns() // 1_000_000}.jsonl")
+            os.replace(self.history_path, kept)
+            log.warning(
+                "%s held what MLflow never got from an earlier run; kept as %s; send it with: %s",
+                self.history_path,
+                kept,
+                self._sync_command(kept),
+            )
         if self._resuming and self.history_path.exists():
             self._history.extend(read_history(self.history_path)[0])
         self._journal = HistoryJournal(self.history_path, append=self._resuming)
 
-    def _start_uploads(self, params: Mapping[str, Any]) -> None:
+    def _open_staging(self) -> None:
+        if self.history_path is not None:
+            self._staging = self.history_path.parent / PENDING_DIR  # created when first used
+        elif self._client is not None:
+            _sweep_stale_staging()
+            self._staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-"))
+
+    def _start_uploads(self) -> None:
         assert self.run_id is not None
-        self._staging = Path(tempfile.mkdtemp(prefix="resnet-mlflow-"))
         if self.system_metrics:
             self._monitor = SystemMetrics(self.run_id, self.tracking_uri)
             self._monitor.start(resume=self._resuming)
@@ -360,31 +463,58 @@ class RunTracker:
             where=self.tracking_uri,
             on_reconnect=self._monitor.restart if self._monitor else None,
         )
-        full = self._staging / PARAMS_ARTIFACT
-        full.write_text(json.dumps(flatten(params), indent=2, sort_keys=True, default=str) + "\n")
-        self._uploader.put_artifact(full, None)
 
-    def _report_unsent(self, unsent: int, artifacts: list, ended: bool, status: str) -> None:
-        """One warning naming what the server is missing and how to send it later."""
+    def _new_folder(self) -> Path:
+        assert self._staging is not None
+        folder = self._staging / uuid.uuid4().hex
+        folder.mkdir(parents=True)
+        return folder
+
+    def _relative(self, folder: Path) -> str:
+        assert self.history_path is not None
+        return folder.relative_to(self.history_path.parent).as_posix()
+
+    def _keep(self, folder: Path, label: str) -> None:
+        """Journal a staged folder (before it is queued: a kill in between keeps it) and
+        queue it for upload."""
+        self._kept[folder] = label
+        if self._journal is not None:
+            self._journal.write(Upload(self._relative(folder), run_id=self.run_id))
+        if self._uploader is not None:
+            self._queued.append(folder)
+            self._uploader.put_artifact(folder, None)
+
+    def _stage_text(self, name: str, text: str) -> None:
+        if self._uploader is None and self._journal is None:
+            return
+        folder = self._new_folder()
+        (folder / name).write_text(text, encoding="utf-8")
+        self._keep(folder, name)
+
+    def _report_unsent(self, unsent: int, ended: bool, status: str) -> None:
+        """One warning naming what the server is missing and the command that sends it."""
         if self._client is None:
-            missing = "this run was not tracked"
+            values = sum(len(record.metrics) for record in self._history)
+            parts = ["the run's params", f"{values} metric values"]
         else:
             parts = [f"{unsent} metric values"] if unsent else []
-            parts += [f"artifact {where or '.'}/{path.name}" for path, where in artifacts]
-            parts += [] if ended else [f"the run's end ({status})"]
-            if not parts:
-                return
-            listed = ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]
-            missing = f"{listed} did not reach {self.tracking_uri}"
-        if self.history_path is None:
-            log.warning("%s, and no history_path was given to keep the metrics", missing)
+        parts += list(self._kept.values())
+        parts += [] if ended else [f"the run's end ({status})"]
+        if not parts:
             return
-        run = repr(self.run_id) if self.run_id else "<run id>"
+        listed = ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]
+        missing = f"{listed} did not reach MLflow at {self.tracking_uri}"
+        if self.history_path is None:
+            log.warning("%s, and no history_path was given to keep them", missing)
+            return
         log.warning(
-            "%s; the full metric history is in %s; send it with "
-            "resnet_mlops.tracking.replay_metrics(Path(%r), %s)",
+            "%s; they are kept in %s and %s; send them with: %s",
             missing,
             self.history_path,
-            str(self.history_path),
-            run,
+            self.history_path.parent / PENDING_DIR,
+            self._sync_command(),
         )
+
+    def _sync_command(self, history: Path | None = None) -> str:
+        uri, path = shlex.quote(self.tracking_uri), shlex.quote(str(history or self.history_path))
+        return f"MLFLOW_TRACKING_URI={uri} resnet sync --history {path}"

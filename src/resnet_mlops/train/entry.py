@@ -114,6 +114,7 @@ class _TrackerSink:
             run_name=run_name,
             run_id=state.run_id,
             history_path=history,
+            resumed=state.iteration > 0,  # keeps the journal of a run the server never saw
         )
         return self.tracker.start(self.params, self.tags, data_version=self.version)
 
