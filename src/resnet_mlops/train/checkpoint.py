@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from resnet_mlops.data.io import naming_output
+
 FORMAT = "resnet-mlops/checkpoint/1"
 
 
@@ -31,10 +33,23 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        written = _os_error(error)
+        if written is not None:  # name the checkpoint, not its temporary file
+            raise naming_output(written, path, Path(tmp)) from error
         raise
+
+
+def _os_error(error: BaseException) -> OSError | None:
+    """The OSError behind a failed ``torch.save``: torch's zip writer turns a full disk into
+    ``RuntimeError("[enforce fail at inline_container.cc] ...")`` raised during the OSError."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno is not None:
+            return error
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def load_checkpoint(path: Path, *, model: str | None = None) -> dict[str, Any]:
