@@ -260,3 +260,13 @@ def test_json_and_checkpoint_writes_on_a_full_disk_name_the_file(disk: Path) -> 
         save_checkpoint(disk / "checkpoint.pt", state)
     assert caught.value.filename == str(disk / "checkpoint.pt")
     assert sorted(p.name for p in disk.iterdir()) == ["old.json"]
+
+
+def test_a_folder_is_never_made_inside_a_file(tmp_path: Path) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text("precious: 1\n")
+    target = params / "model"
+    refused = pytest.raises(OutputError, match=f"{target}: {params} is a file, not a folder")
+    with refused, atomic_directory(target, "pull", force=True):
+        raise AssertionError("not reached")
+    assert params.read_text() == "precious: 1\n" and hidden(tmp_path) == []

@@ -156,7 +156,7 @@ def _listed_by_manifest(folder: Path, command: str) -> set[str] | None:
     ``folder`` has no manifest of that command."""
     try:
         manifest = json.loads((folder / "manifest.json").read_text())
-    except (FileNotFoundError, NotADirectoryError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):  # missing, a folder, ...
         return None
     if not isinstance(manifest, dict) or not _MANIFEST_KEYS[command] <= manifest.keys():
         return None
@@ -170,7 +170,7 @@ def _listed_by_marker(folder: Path, command: str) -> set[str] | None:
     marker of ``command``."""
     try:
         marker = json.loads((folder / OUTPUT_MARKER).read_text())
-    except (FileNotFoundError, NotADirectoryError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):  # missing, a folder, ...
         return None
     if not isinstance(marker, dict) or marker.get("command") != command:
         return None
@@ -219,6 +219,11 @@ def check_output_folder(target: Path, command: Command, *, force: bool = False) 
         OutputError: one line naming ``target`` and the reason.
     """
     if not os.path.lexists(target):
+        for parent in target.parents:  # the folder would be made inside the first existing one
+            if os.path.lexists(parent):
+                if not parent.is_dir():
+                    raise OutputError(f"{target}: {parent} is a file, not a folder")
+                break
         return
     if os.path.islink(target):
         raise OutputError(f"{target}: is a symbolic link; refusing to replace it")
