@@ -9,6 +9,7 @@ never replaced. Disk full and read-only are tested on a real small tmpfs (see sm
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -270,3 +271,19 @@ def test_a_folder_is_never_made_inside_a_file(tmp_path: Path) -> None:
     with refused, atomic_directory(target, "pull", force=True):
         raise AssertionError("not reached")
     assert params.read_text() == "precious: 1\n" and hidden(tmp_path) == []
+
+
+@pytest.mark.slow  # builds the small data set and starts a training
+def test_training_on_a_full_disk_is_one_line_naming_the_file(small_cifar: Path, disk: Path) -> None:
+    fill(disk)
+    args = ["train", "--params", str(PARAMS), "--data", str(small_cifar)]
+    args += ["--out", str(disk / "models"), "--metrics", str(disk / "train.json")]
+    args += ["--history", str(disk / "history.json")]
+    args += ["train.batch_size=16", "train.schedule.length=2", "train.schedule.milestones=[1]"]
+    args += ["train.checkpoint_every=0", "train.log_every=1", "loader.num_threads=1"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1, (result.stdout, result.stderr, result.exception)
+    (line,) = result.stderr.strip().splitlines()
+    assert re.fullmatch(rf"error: {re.escape(str(disk))}/\S+: no space left on device", line)
+    # Nothing half-written: no temporary file, no output that a later run could mistake.
+    assert [p.name for p in disk.rglob("*") if p.is_file()] == ["filler"]
