@@ -8,6 +8,7 @@ never replaced. Disk full and read-only are tested on a real small tmpfs (see sm
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 import subprocess
@@ -287,3 +288,27 @@ def test_training_on_a_full_disk_is_one_line_naming_the_file(small_cifar: Path, 
     assert re.fullmatch(rf"error: {re.escape(str(disk))}/\S+: no space left on device", line)
     # Nothing half-written: no temporary file, no output that a later run could mistake.
     assert [p.name for p in disk.rglob("*") if p.is_file()] == ["filler"]
+
+
+def test_an_mlflow_download_onto_a_full_disk_is_a_local_error_not_mlflow(
+    tmp_path: Path, disk: Path
+) -> None:
+    """MLflow flattens a failed download's OSError into an MlflowException's text (pinned here
+    for the installed MLflow): pull must read the local disk error back out of it."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from resnet_mlops.registry.pull import local_write_error
+
+    store = tmp_path / "artifacts"
+    store.mkdir()
+    (store / "weights.bin").write_bytes(bytes(1_000_000))  # more than the 320 KiB disk
+    target = disk / "download"
+    target.mkdir()
+    with pytest.raises(MlflowException) as caught:
+        mlflow.artifacts.download_artifacts(artifact_uri=store.as_uri(), dst_path=str(target))
+    local = local_write_error(caught.value, target)
+    assert local is not None and local.errno == errno.ENOSPC
+    assert local_write_error(caught.value, tmp_path / "elsewhere") is None  # not that folder
+    server = MlflowException("API request failed with error code 500: [Errno 28] on the server")
+    assert local_write_error(server, target) is None

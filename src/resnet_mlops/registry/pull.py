@@ -97,21 +97,25 @@ def model_card(version: ModelVersion, aliases: list[str], spec: dict[str, Any], 
 
 
 # How MLflow's download reports a failure of one file: "##### File <path> #####" and, on the
-# next line, str() of the exception. An OSError's str() starts with "[Errno N]"; an HTTP or
-# server error never does.
-_LOCAL_FAILURE = re.compile(r"^\[Errno (\d+)\] ([^:\n]+?)(?:: '([^'\n]*)')?$", re.MULTILINE)
+# next line, str() of the exception. An OSError's str() starts with "[Errno N] <reason>", then
+# ": '<file>'" and, for a copy (a file:// artifact store), " -> '<destination>'"; an HTTP or
+# server error never starts so.
+_LOCAL_FAILURE = re.compile(
+    r"^\[Errno (\d+)\] ([^:\n]+?)(?:: '([^'\n]*)'(?: -> '([^'\n]*)')?)?$", re.MULTILINE
+)
 
 
 def local_write_error(error: MlflowException, folder: Path) -> OSError | None:
     """The local file system error inside an MLflow download failure, if that is what it was.
 
-    MLflow downloads files in a thread pool and re-raises every failure as one
-    ``MlflowException`` with the original exceptions flattened to text, so a full local disk
-    would read as an unreachable server. Only an ``[Errno N]`` line of a write error
-    (:data:`OUTPUT_ERRNOS`) whose file, if named, lies in ``folder`` counts.
+    MLflow (3.x, ``ArtifactRepository.download_artifacts``) downloads files in a thread pool
+    and re-raises every failure as one ``MlflowException`` with the original exceptions
+    flattened to text, so a full local disk would read as an unreachable server. Only an
+    ``[Errno N]`` line of a write error (:data:`OUTPUT_ERRNOS`) whose file, if named, lies in
+    ``folder`` counts.
     """
     for match in _LOCAL_FAILURE.finditer(str(error)):
-        code, reason, name = int(match[1]), match[2], match[3]
+        code, reason, name = int(match[1]), match[2], match[4] or match[3]
         inside = name is None or Path(name).resolve().is_relative_to(folder.resolve())
         if code in OUTPUT_ERRNOS and inside:
             return OSError(code, reason, name)
