@@ -205,6 +205,24 @@ def test_an_error_inside_keeps_the_old_output_and_leaves_nothing(tmp_path: Path)
     assert snapshot(out) == before and hidden(tmp_path) == []
 
 
+@pytest.mark.parametrize("swap", ["exchange", "two renames"])
+def test_the_old_output_goes_only_after_the_new_one_is_in_place(
+    tmp_path: Path, swap: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from resnet_mlops.data import io
+
+    if swap == "two renames":  # a system without renameat2(RENAME_EXCHANGE)
+        monkeypatch.setattr(io, "_exchange", lambda a, b: False)
+    out = tmp_path / "pulled"
+    with atomic_directory(out, "pull") as tmp:
+        (tmp / "old").write_text("old")
+    with atomic_directory(out, "pull") as tmp:
+        (tmp / "new").write_text("new")
+        assert (out / "old").read_text() == "old"  # still there while the new one is written
+    assert sorted(p.name for p in out.iterdir()) == [".resnet-output.json", "new"]
+    assert hidden(tmp_path) == []  # no .pulled.old-<pid>, no .pulled.tmp-*
+
+
 def test_a_symbolic_link_is_never_replaced(tmp_path: Path) -> None:
     real = foreign_folder(tmp_path / "real")
     link = tmp_path / "link"
