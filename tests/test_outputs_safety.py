@@ -330,3 +330,12 @@ def test_an_mlflow_download_onto_a_full_disk_is_a_local_error_not_mlflow(
     assert local_write_error(caught.value, tmp_path / "elsewhere") is None  # not that folder
     server = MlflowException("API request failed with error code 500: [Errno 28] on the server")
     assert local_write_error(server, target) is None
+
+
+def test_a_report_path_that_is_a_folder_is_one_line(tmp_path: Path, tree: Path) -> None:
+    report = tmp_path / "metrics"
+    (report / "keep.txt").parent.mkdir()
+    (report / "keep.txt").write_text("mine\n")
+    result = resnet_prepare(tree, tmp_path / "out", report)
+    assert one_line_error(result) == f"error: {report}: is a directory"
+    assert (report / "keep.txt").read_text() == "mine\n" and hidden(report) == []

@@ -19,10 +19,12 @@ import numpy as np
 
 from resnet_mlops.data.errors import DataError
 
-# The file system refused a write for a reason the user fixes outside this program: the CLI
-# reports these in one line naming the output (see ``resnet_mlops.cli``), never a traceback.
+# The file system refused a write for a reason the user fixes outside this program (full,
+# read-only, no permission, a folder where a file goes or the reverse): the CLI reports these
+# in one line naming the output (see ``resnet_mlops.cli``), never a traceback.
 OUTPUT_ERRNOS = frozenset(
     {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+    | {errno.EISDIR, errno.ENOTDIR}
 )
 
 CHUNK = 1 << 20
