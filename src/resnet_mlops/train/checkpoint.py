@@ -36,7 +36,7 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        written = _os_error(error)
+        written = _os_error(error) if isinstance(error, OSError | RuntimeError) else None
         if written is not None:  # name the checkpoint, not its temporary file
             raise naming_output(written, path, Path(tmp)) from error
         raise
