@@ -260,10 +260,12 @@ def test_prepare_on_a_full_disk_is_one_line_and_keeps_the_old_output(
 
 
 def test_a_report_on_a_read_only_disk_is_one_line(tmp_path: Path, tree: Path, disk: Path) -> None:
+    (disk / "existing").mkdir()
     remount_read_only(disk)
-    report = disk / "metrics" / "prepare.json"
-    result = resnet_prepare(tree, tmp_path / "out", report)
-    assert one_line_error(result) == f"error: {disk / 'metrics'}: read-only file system"
+    for report in (disk / "metrics" / "prepare.json", disk / "existing" / "prepare.json"):
+        # The folder cannot be made; the temporary file cannot be made: both name the report.
+        result = resnet_prepare(tree, tmp_path / "out", report)
+        assert one_line_error(result) == f"error: {report}: read-only file system"
 
 
 def test_json_and_checkpoint_writes_on_a_full_disk_name_the_file(disk: Path) -> None:

@@ -77,10 +77,22 @@ def dumps_json(data: Any) -> str:
     return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
+def temp_file_beside(path: Path) -> tuple[int, str]:
+    """``mkstemp`` in ``path``'s folder (made if missing), a hidden name no stage reads.
+
+    Raises:
+        OSError: the folder cannot be made or written, named ``path``.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        raise naming_output(error, path, path.parent) from error
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write through a temporary file in the same folder, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temp_file_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from resnet_mlops.data.io import naming_output
+from resnet_mlops.data.io import naming_output, temp_file_beside
 
 FORMAT = "resnet-mlops/checkpoint/1"
 
@@ -24,8 +23,7 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
     A kill during the write leaves the previous checkpoint intact.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temp_file_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save({"format": FORMAT, **state}, f)
