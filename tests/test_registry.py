@@ -507,3 +507,73 @@ def test_bad_input_is_a_one_line_error(
     assert line == f"error: MLflow tracking at {down} is unavailable: connection refused"
     assert time.monotonic() - started < 120
     assert not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.slow
+def test_pull_replaces_only_its_own_folder_and_never_a_file(
+    server: MlflowServer, registered: dict, tmp_path: Path
+) -> None:
+    model, uri = f"models:/{NAME}@champion", server.uri
+    # The repro: `mkdir -p X/sub; echo precious > X/important.txt; pull --out X`.
+    folder = tmp_path / "x"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "important.txt").write_text("precious\n")
+    line = one_line_error(cli("pull", model, "--out", str(folder), uri=uri, cwd=tmp_path))
+    assert line == (
+        f"error: {folder}: exists and was not written by `resnet pull`; refusing to replace it "
+        "(use --force)"
+    )
+    assert (folder / "important.txt").read_text() == "precious\n" and (folder / "sub").is_dir()
+    assert sorted(p.name for p in folder.iterdir()) == ["important.txt", "sub"]
+
+    params = tmp_path / "params.yaml"
+    params.write_text("precious: 1\n")
+    for force in ((), ("--force",)):
+        line = one_line_error(
+            cli("pull", model, "--out", "params.yaml", *force, uri=uri, cwd=tmp_path)
+        )
+        assert line == (
+            "error: params.yaml: exists and is a file, not a folder; refusing to replace it "
+            "with the output of `resnet pull`"
+        )
+        assert params.read_text() == "precious: 1\n"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+    result = cli("pull", model, "--out", str(folder), "--force", uri=uri, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert not (folder / "important.txt").exists() and (folder / "MLmodel").is_file()
+    marker = json.loads((folder / ".resnet-output.json").read_text())
+    assert marker["command"] == "pull" and marker["model"] == f"models:/{NAME}/4"
+    assert "MODEL_CARD.md" in marker["entries"]
+    # Its own earlier output is replaced without --force; the model still loads from it.
+    result = cli("pull", f"models:/{NAME}/1", "--out", str(folder), uri=uri, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (folder / "MODEL_CARD.md").read_text().startswith(f"# {NAME} version 1")
+    assert mlflow.pyfunc.load_model(str(folder)) is not None
+
+
+@pytest.mark.slow
+def test_a_full_or_read_only_disk_is_one_line_naming_the_output_not_mlflow(
+    server: MlflowServer, trained: dict[str, Path], registered: dict, tmp_path: Path
+) -> None:
+    from small_disk import fill, remount_read_only, small_tmpfs
+
+    model, uri = f"models:/{NAME}@champion", server.uri
+    with small_tmpfs(tmp_path / "disk", 256) as disk:  # the model is about 1 MB
+        out = disk / "model"
+        line = one_line_error(cli("pull", model, "--out", str(out), uri=uri, cwd=tmp_path))
+        assert line == f"error: {out}: no space left on device"
+        assert list(disk.iterdir()) == []  # the temporary folder is gone
+
+        fill(disk)
+        metrics = disk / "evaluate.json"
+        evaluate = ["evaluate", "--params", str(PARAMS), "--model", str(trained["model"])]
+        evaluate += ["--data", str(registered["halved"]), "--metrics", str(metrics)]
+        line = one_line_error(cli(*evaluate, "--plots", str(disk), uri=uri, cwd=tmp_path))
+        assert line == f"error: {metrics}: no space left on device"
+        assert sorted(p.name for p in disk.iterdir()) == ["filler"]
+
+        (disk / "filler").unlink()
+        remount_read_only(disk)
+        line = one_line_error(cli("pull", model, "--out", str(out), uri=uri, cwd=tmp_path))
+        assert line == f"error: {out}: read-only file system"

@@ -13,6 +13,7 @@ from typing import Annotated, NoReturn
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
 from resnet_mlops.cli_registry import add_commands
 from resnet_mlops.config import ConfigError, load_stage_params
@@ -20,7 +21,29 @@ from resnet_mlops.data.errors import DataError
 from resnet_mlops.models import MODELS
 from resnet_mlops.models.zoo import describe_zoo
 
+
+class _Commands(TyperGroup):
+    """The command group, reporting a refused write (disk full, read-only, no permission) of any
+    command in one line: ``error: <path>: no space left on device``, exit 1.
+
+    One place for all commands: such an error can come from deep inside a stage (numpy,
+    torch.save, an MLflow download); the writers re-raise it naming the output, not their
+    temporary file, and have removed that file.
+    """
+
+    def invoke(self, ctx: typer.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except OSError as error:
+            from resnet_mlops.data.io import OUTPUT_ERRNOS, os_error_message  # numpy: lazily
+
+            if error.errno not in OUTPUT_ERRNOS:
+                raise
+            fail(os_error_message(error), 1)
+
+
 app = typer.Typer(
+    cls=_Commands,
     help="Deep Residual Learning (He et al., 2015): models, data, training and tracking.",
     no_args_is_help=True,
     add_completion=False,
@@ -101,6 +124,13 @@ def prepare_command(
     download_dir: Annotated[Path, typer.Option(help="Where downloads are kept.")] = Path(
         "data/downloads"
     ),
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Replace --out even if it is a folder this command did not write (never a file).",
+        ),
+    ] = False,
 ) -> None:
     """Read the raw source, verify every image and write the verified data and its manifest."""
     from resnet_mlops.data.prepare import PrepareParams, anchor_sources, prepare
@@ -112,7 +142,7 @@ def prepare_command(
         stage = anchor_sources(stage, root)
     out = out or Path("data/prepared") / dataset
     try:
-        result = prepare(dataset, stage, out, report, download_dir)
+        result = prepare(dataset, stage, out, report, download_dir, force=force)
     except DataError as error:
         fail(str(error), 1)
     typer.echo(f"prepared {dataset}: {result['images']} images -> {out} (report: {report})")
@@ -127,6 +157,13 @@ def preprocess_command(
     report: Annotated[Path, typer.Option(help="The report (DVC metrics).")] = Path(
         "metrics/preprocess.json"
     ),
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Replace --out even if it is a folder this command did not write (never a file).",
+        ),
+    ] = False,
 ) -> None:
     """Turn verified data into the training format: arrays for CIFAR-10, shards for ImageNet."""
     from resnet_mlops.data.preprocess import PreprocessParams, preprocess
@@ -135,7 +172,7 @@ def preprocess_command(
     prepared = prepared or Path("data/prepared") / dataset
     out = out or Path("data/preprocessed") / dataset
     try:
-        result = preprocess(dataset, stage, prepared, out, report)
+        result = preprocess(dataset, stage, prepared, out, report, force=force)
     except DataError as error:
         fail(str(error), 1)
     counts = result.get("splits") or result.get("samples")

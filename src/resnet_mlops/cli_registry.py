@@ -77,19 +77,28 @@ def register_command(
 
 def pull_command(
     model: Annotated[str, typer.Argument(help="models:/<name>@<alias> or models:/<name>/<n>")],
-    out: Annotated[Path, typer.Option(help="The folder to write (replaced).")],
+    out: Annotated[
+        Path, typer.Option(help="The folder to write (replaces an earlier pull's output).")
+    ],
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Replace --out even if `resnet pull` did not write it (never a file)."
+        ),
+    ] = False,
 ) -> None:
     """Download a registered model with its preprocessing description and a model card."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
+    from resnet_mlops.data.io import OutputError
     from resnet_mlops.registry.connection import RegistryError, parse_model_uri
     from resnet_mlops.registry.pull import CARD_FILE, pull
 
     uri = _tracking_uri()
     try:
-        version = pull(MlflowClient(uri), parse_model_uri(model), uri, out)
-    except RegistryError as error:
+        version = pull(MlflowClient(uri), parse_model_uri(model), uri, out, force=force)
+    except (RegistryError, OutputError) as error:
         _fail(str(error))
     except MlflowException as error:
         _fail(f"could not download {model}: {_reason(error)}")

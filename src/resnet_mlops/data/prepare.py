@@ -7,12 +7,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
-
 from resnet_mlops.data import cifar10, imagenet
 from resnet_mlops.data.errors import DataError
 from resnet_mlops.data.images import DEFAULT_MAX_PIXELS
-from resnet_mlops.data.io import atomic_directory, describe_outputs, write_json_atomic
+from resnet_mlops.data.io import (
+    atomic_directory,
+    check_output_folder,
+    describe_outputs,
+    save_array,
+    write_json_atomic,
+)
 from resnet_mlops.data.sources import (
     Problem,
     check_readable,
@@ -139,7 +143,12 @@ def report_problems(problems: list[Problem]) -> list[dict[str, str]]:
 
 
 def prepare_cifar10(
-    params: PrepareParams, out_dir: Path, report_path: Path, download_dir: Path
+    params: PrepareParams,
+    out_dir: Path,
+    report_path: Path,
+    download_dir: Path,
+    *,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Read CIFAR-10 from its source, verify it and write the official splits as arrays.
 
@@ -176,10 +185,10 @@ def prepare_cifar10(
         layout = "class-folders"
     problems.extend(raw.problems)
     resolved = ResolvedSource(resolved.setting, resolved.kind, path, sha256)
-    with atomic_directory(out_dir) as tmp:
+    with atomic_directory(out_dir, "prepare", force=force) as tmp:
         for split, data in raw.splits.items():
-            np.save(tmp / f"{split}_images.npy", data.images)
-            np.save(tmp / f"{split}_labels.npy", data.labels)
+            save_array(tmp / f"{split}_images.npy", data.images)
+            save_array(tmp / f"{split}_labels.npy", data.labels)
             lines = [
                 "file\tlabel",
                 *(f"{f}\t{y}" for f, y in zip(data.files, data.labels, strict=True)),
@@ -214,7 +223,9 @@ def prepare_cifar10(
     return report
 
 
-def prepare_imagenet(params: PrepareParams, out_dir: Path, report_path: Path) -> dict[str, Any]:
+def prepare_imagenet(
+    params: PrepareParams, out_dir: Path, report_path: Path, *, force: bool = False
+) -> dict[str, Any]:
     """Verify an ImageNet-layout source and write its file lists, classes and manifest.
 
     The images stay in the source (a real ImageNet is 150 GB); the preprocess stage reads
@@ -236,7 +247,7 @@ def prepare_imagenet(params: PrepareParams, out_dir: Path, report_path: Path) ->
     problems.extend(verified.problems)
     kind = "archive" if path.is_file() else "folder"
     resolved = ResolvedSource(params.imagenet.source, kind, path, sha256)
-    with atomic_directory(out_dir) as tmp:
+    with atomic_directory(out_dir, "prepare", force=force) as tmp:
         for split, entries in verified.splits.items():
             imagenet.write_split_tsv(tmp / f"{split}.tsv", entries)
         write_json_atomic(tmp / "classes.json", {"wnids": verified.wnids, "names": verified.names})
@@ -265,11 +276,23 @@ def prepare_imagenet(params: PrepareParams, out_dir: Path, report_path: Path) ->
 
 
 def prepare(
-    dataset: Dataset, params: PrepareParams, out_dir: Path, report_path: Path, download_dir: Path
+    dataset: Dataset,
+    params: PrepareParams,
+    out_dir: Path,
+    report_path: Path,
+    download_dir: Path,
+    *,
+    force: bool = False,
 ) -> dict[str, Any]:
-    """Run the prepare stage for ``dataset``."""
+    """Run the prepare stage for ``dataset``.
+
+    ``out_dir`` is replaced only if it is missing, empty or a previous prepare output (its
+    manifest says so and lists every file in it), or with ``force`` any folder; never a file.
+    That is checked before the source is read.
+    """
+    check_output_folder(out_dir, "prepare", force=force)
     if dataset == "cifar10":
-        return prepare_cifar10(params, out_dir, report_path, download_dir)
+        return prepare_cifar10(params, out_dir, report_path, download_dir, force=force)
     if dataset == "imagenet":
-        return prepare_imagenet(params, out_dir, report_path)
+        return prepare_imagenet(params, out_dir, report_path, force=force)
     raise DataError(f"unknown dataset {dataset!r}")

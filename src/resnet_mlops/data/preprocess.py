@@ -10,7 +10,14 @@ import numpy as np
 
 from resnet_mlops.data import cifar10, imagenet
 from resnet_mlops.data.errors import DataError
-from resnet_mlops.data.io import atomic_directory, describe_outputs, read_json, write_json_atomic
+from resnet_mlops.data.io import (
+    atomic_directory,
+    check_output_folder,
+    describe_outputs,
+    read_json,
+    save_array,
+    write_json_atomic,
+)
 from resnet_mlops.data.prepare import Dataset
 from resnet_mlops.data.sources import Problem, iter_source_files
 
@@ -79,7 +86,12 @@ def _load_array(path: Path, dtype: type, ndim: int) -> np.ndarray:
 
 
 def preprocess_cifar10(
-    params: PreprocessParams, prepared: Path, out_dir: Path, report_path: Path
+    params: PreprocessParams,
+    prepared: Path,
+    out_dir: Path,
+    report_path: Path,
+    *,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Split off the validation set and compute the normalisation statistics.
 
@@ -133,11 +145,11 @@ def preprocess_cifar10(
         "std": channel_std,
         "splits": {split: len(labels) for split, (_, labels) in sorted(splits.items())},
     }
-    with atomic_directory(out_dir) as tmp:
+    with atomic_directory(out_dir, "preprocess", force=force) as tmp:
         for split, (images, labels) in splits.items():
-            np.save(tmp / f"{split}_images.npy", np.ascontiguousarray(images))
-            np.save(tmp / f"{split}_labels.npy", labels)
-        np.save(tmp / "mean_image.npy", mean_image)
+            save_array(tmp / f"{split}_images.npy", np.ascontiguousarray(images))
+            save_array(tmp / f"{split}_labels.npy", labels)
+        save_array(tmp / "mean_image.npy", mean_image)
         write_json_atomic(tmp / "stats.json", stats)
         write_json_atomic(
             tmp / "manifest.json",
@@ -154,7 +166,12 @@ def preprocess_cifar10(
 
 
 def preprocess_imagenet(
-    params: PreprocessParams, prepared: Path, out_dir: Path, report_path: Path
+    params: PreprocessParams,
+    prepared: Path,
+    out_dir: Path,
+    report_path: Path,
+    *,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Pack the verified images into webdataset shards with DALI index files.
 
@@ -177,7 +194,7 @@ def preprocess_imagenet(
     # (a bigger one has changed since): no file of the source costs more to read than it did.
     largest = max((entry.bytes for entry in entries.values()), default=0)
     refused: list[Problem] = []
-    with atomic_directory(out_dir) as tmp:
+    with atomic_directory(out_dir, "preprocess", force=force) as tmp:
         splits, stats, problems = imagenet.pack_shards(
             entries,
             iter_source_files(
@@ -228,9 +245,21 @@ def preprocess_imagenet(
 
 
 def preprocess(
-    dataset: Dataset, params: PreprocessParams, prepared: Path, out_dir: Path, report_path: Path
+    dataset: Dataset,
+    params: PreprocessParams,
+    prepared: Path,
+    out_dir: Path,
+    report_path: Path,
+    *,
+    force: bool = False,
 ) -> dict[str, Any]:
-    """Run the preprocess stage for ``dataset``."""
+    """Run the preprocess stage for ``dataset``.
+
+    ``out_dir`` is replaced only if it is missing, empty or a previous preprocess output (its
+    manifest says so and lists every file in it), or with ``force`` any folder; never a file.
+    That is checked before the prepared data is read.
+    """
+    check_output_folder(out_dir, "preprocess", force=force)
     if dataset == "cifar10":
-        return preprocess_cifar10(params, prepared, out_dir, report_path)
-    return preprocess_imagenet(params, prepared, out_dir, report_path)
+        return preprocess_cifar10(params, prepared, out_dir, report_path, force=force)
+    return preprocess_imagenet(params, prepared, out_dir, report_path, force=force)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -11,8 +12,9 @@ import mlflow
 import yaml
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
 
-from resnet_mlops.data.io import atomic_directory
+from resnet_mlops.data.io import OUTPUT_ERRNOS, atomic_directory, check_output_folder
 from resnet_mlops.registry.connection import ModelRef, reaching, resolve
 from resnet_mlops.registry.package import OUTPUT_DESCRIPTION, PREPROCESSING_FILE
 
@@ -102,23 +104,62 @@ def model_card(version: ModelVersion, aliases: list[str], spec: dict[str, Any], 
     return "\n".join(lines)
 
 
-def pull(client: MlflowClient, ref: ModelRef, uri: str, out: Path) -> ModelVersion:
+# How MLflow's download reports a failure of one file: "##### File <path> #####" and, on the
+# next line, str() of the exception. An OSError's str() starts with "[Errno N] <reason>", then
+# ": '<file>'" and, for a copy (a file:// artifact store), " -> '<destination>'"; an HTTP or
+# server error never starts so.
+_LOCAL_FAILURE = re.compile(
+    r"^\[Errno (\d+)\] ([^:\n]+?)(?:: '([^'\n]*)'(?: -> '([^'\n]*)')?)?$", re.MULTILINE
+)
+
+
+def local_write_error(error: MlflowException, folder: Path) -> OSError | None:
+    """The local file system error inside an MLflow download failure, if that is what it was.
+
+    MLflow (3.x, ``ArtifactRepository.download_artifacts``) downloads files in a thread pool
+    and re-raises every failure as one ``MlflowException`` with the original exceptions
+    flattened to text, so a full local disk would read as an unreachable server. Only an
+    ``[Errno N]`` line of a write error (:data:`OUTPUT_ERRNOS`) whose file, if named, lies in
+    ``folder`` counts.
+    """
+    for match in _LOCAL_FAILURE.finditer(str(error)):
+        code, reason, name = int(match[1]), match[2], match[4] or match[3]
+        inside = name is None or Path(name).resolve().is_relative_to(folder.resolve())
+        if code in OUTPUT_ERRNOS and inside:
+            return OSError(code, reason, name)
+    return None
+
+
+def pull(
+    client: MlflowClient, ref: ModelRef, uri: str, out: Path, *, force: bool = False
+) -> ModelVersion:
     """Download the version ``ref`` points to into ``out`` (replaced as a whole, atomically): the
     MLflow model, ``preprocessing.json`` beside it and ``MODEL_CARD.md``.
 
+    ``out`` is replaced only if it is missing, empty or an earlier ``pull`` output (the marker
+    file ``.resnet-output.json`` lists all it wrote, and nothing was added), or with ``force``
+    any folder; never a file. That is checked before anything is downloaded.
+
     Raises:
         RegistryError: no such model, alias or version, or the server cannot be reached.
+        OutputError: ``out`` may not be replaced.
+        OSError: writing ``out`` failed (disk full, read-only, no permission): named ``out``.
     """
+    check_output_folder(out, "pull", force=force)
     version = resolve(client, ref, uri)
+    model_uri = f"models:/{version.name}/{version.version}"
     with reaching(uri):
         aliases = sorted(version.aliases)
-        with atomic_directory(out) as tmp:
-            mlflow.artifacts.download_artifacts(
-                artifact_uri=f"models:/{version.name}/{version.version}",
-                dst_path=str(tmp),
-                tracking_uri=uri,
-                registry_uri=uri,
-            )
+        with atomic_directory(out, "pull", force=force, marker={"model": model_uri}) as tmp:
+            try:
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=model_uri, dst_path=str(tmp), tracking_uri=uri, registry_uri=uri
+                )
+            except MlflowException as error:
+                local = local_write_error(error, tmp)
+                if local is None:
+                    raise
+                raise local from error  # atomic_directory names it after out
             shutil.copyfile(tmp / "artifacts" / PREPROCESSING_FILE, tmp / PREPROCESSING_FILE)
             spec = json.loads((tmp / PREPROCESSING_FILE).read_text())
             (tmp / CARD_FILE).write_text(model_card(version, aliases, spec, uri))

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from resnet_mlops.data.io import naming_output, temp_file_beside
 
 FORMAT = "resnet-mlops/checkpoint/1"
 
@@ -22,8 +23,7 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
     A kill during the write leaves the previous checkpoint intact.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temp_file_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save({"format": FORMAT, **state}, f)
@@ -31,10 +31,23 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        written = _os_error(error) if isinstance(error, OSError | RuntimeError) else None
+        if written is not None:  # name the checkpoint, not its temporary file
+            raise naming_output(written, path, Path(tmp)) from error
         raise
+
+
+def _os_error(error: BaseException) -> OSError | None:
+    """The OSError behind a failed ``torch.save``: torch's zip writer turns a full disk into
+    ``RuntimeError("[enforce fail at inline_container.cc] ...")`` raised during the OSError."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno is not None:
+            return error
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def load_checkpoint(path: Path, *, model: str | None = None) -> dict[str, Any]:
