@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from pydantic import Field
 
+from resnet_mlops.config import Section, matching
 from resnet_mlops.data import cifar10, imagenet
 from resnet_mlops.data.errors import DataError
 from resnet_mlops.data.io import atomic_directory, describe_outputs, write_json_atomic
@@ -24,8 +26,7 @@ from resnet_mlops.data.sources import (
 Dataset = Literal["cifar10", "imagenet"]
 
 
-@dataclass(frozen=True)
-class Cifar10Source:
+class Cifar10Source(Section):
     """Where CIFAR-10 comes from.
 
     ``source: auto`` takes the team's mirror when it exists (machines without internet) and
@@ -33,29 +34,29 @@ class Cifar10Source:
     pickled batches or class folders) or a folder of class folders may be named instead.
     """
 
-    source: str
+    source: Annotated[str, Field(min_length=1)]
     mirror: str
     url: str
-    md5: str  # checked for downloads and official-format archives; "" skips the check
+    # checked for downloads and official-format archives; "" skips the check
+    md5: Annotated[str, matching("([0-9a-f]{32})?", '32 lowercase hex digits or ""')]
 
 
-@dataclass(frozen=True)
-class ImagenetSource:
+class ImagenetSource(Section):
     """Where ImageNet-layout data comes from: a folder or tar archive holding ``train/<wnid>/``
     and ``val/<wnid>/``, or a single folder of ``<wnid>/`` class folders (like the sample)."""
 
-    source: str
-    sha256: str  # "" for none; a SHA256SUMS file beside an archive is checked anyway
+    source: Annotated[str, Field(min_length=1)]
+    # "" for none; a SHA256SUMS file beside an archive is checked anyway
+    sha256: Annotated[str, matching("([0-9a-f]{64})?", '64 lowercase hex digits or ""')]
 
 
-@dataclass(frozen=True)
-class PrepareParams:
+class PrepareParams(Section):
     """The ``prepare`` section of params.yaml."""
 
     cifar10: Cifar10Source
     imagenet: ImagenetSource
     skip_corrupt: bool
-    workers: int  # 0: every core
+    workers: Annotated[int, Field(ge=0)]  # 0: every core
 
 
 @dataclass(frozen=True)
@@ -91,10 +92,16 @@ def anchor_sources(params: PrepareParams, root: Path) -> PrepareParams:
         return str(root / value)
 
     cifar = params.cifar10
-    return replace(
-        params,
-        cifar10=replace(cifar, source=anchored(cifar.source), mirror=anchored(cifar.mirror)),
-        imagenet=replace(params.imagenet, source=anchored(params.imagenet.source)),
+    # model_copy does not validate again: the anchored paths are strings like the originals.
+    return params.model_copy(
+        update={
+            "cifar10": cifar.model_copy(
+                update={"source": anchored(cifar.source), "mirror": anchored(cifar.mirror)}
+            ),
+            "imagenet": params.imagenet.model_copy(
+                update={"source": anchored(params.imagenet.source)}
+            ),
+        }
     )
 
 
