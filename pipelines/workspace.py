@@ -25,7 +25,7 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from ruamel.yaml.comments import CommentedSeq
 
 from resnet_mlops.config import ConfigError, apply_overrides, read_yaml
-from resnet_mlops.params import check_model_name, load_params
+from resnet_mlops.params import check_pipeline, load_params
 
 PARAMS_FILE = "params.yaml"
 # A training run can hold the workspace for days; the lease is renewed while the flow runs.
@@ -52,7 +52,7 @@ def validate_params(params: Path, overrides: Sequence[str]) -> dict[str, Any]:
             line naming the file and the key.
     """
     loaded, tree = load_params(params, list(overrides))
-    check_model_name(loaded, params)
+    check_pipeline(loaded, params)
     return tree
 
 

@@ -82,7 +82,7 @@ Overrides = Annotated[
 ]
 
 
-def _stage_params(path: Path, section: str, cls: type | None, overrides: list[str] | None):
+def _stage_params(path: Path, section: str, cls: type, overrides: list[str] | None):
     try:
         return load_stage_params(path, section, cls, overrides or [])
     except ConfigError as error:
@@ -118,11 +118,11 @@ def check_params_command(
     params.yaml before it deletes any stage's outputs.
     """
     from resnet_mlops.data.io import write_json_atomic
-    from resnet_mlops.params import check_model_name, load_params
+    from resnet_mlops.params import check_pipeline, load_params
 
     try:
         loaded, _ = load_params(params, overrides or [])
-        check_model_name(loaded, params)
+        check_pipeline(loaded, params)
     except ConfigError as error:
         fail(str(error))
     _require_device(params, "train.device", loaded.train.device)
@@ -250,12 +250,14 @@ def evaluate_command(
 ) -> None:
     """Score a trained model: top-1/top-5 error, per-class accuracy, confusion matrix."""
     from resnet_mlops.evaluation.entry import EvalPaths, run_evaluation
+    from resnet_mlops.params import check_split, load_params
     from resnet_mlops.train.checkpoint import CheckpointError
 
     paths = EvalPaths(metrics, plots / "confusion.csv", plots / "confusion.png")
     try:
-        device = _stage_params(params, "evaluate", None, overrides)[1].device
-        _require_device(params, "evaluate.device", device)
+        loaded, _ = load_params(params, overrides or [])
+        check_split(loaded, params)
+        _require_device(params, "evaluate.device", loaded.evaluate.device)
         result = run_evaluation(params, overrides or [], model, data, paths)
     except (ConfigError, DataError, CheckpointError) as error:
         fail(str(error), 2 if isinstance(error, ConfigError) else 1)

@@ -154,10 +154,13 @@ def describe_error(cls: type[Section], error: pydantic.ValidationError, prefix: 
 
 
 def _is_number_text(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
     try:
-        return isinstance(value, str) and bool(float(value) or True)
+        float(value)
     except ValueError:
         return False
+    return True
 
 
 def from_dict(cls: type[S], data: Any, prefix: str = "") -> S:

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pydantic
-from pydantic import model_validator
 
 from resnet_mlops.config import (
     ConfigError,
@@ -51,19 +50,6 @@ with warnings.catch_warnings():
         register: RegisterParams
         report: ReportParams = ReportParams()  # a pipeline without the report stage has none
 
-        @model_validator(mode="after")
-        def _check_relations(self) -> Params:
-            split = self.evaluate.split
-            if self.dataset == "imagenet" and split == "test":
-                raise ValueError("evaluate.split: ImageNet has no test split (use val)")
-            if (
-                self.dataset == "cifar10"
-                and split == "val"
-                and not self.preprocess.cifar10.val_size
-            ):
-                raise ValueError("evaluate.split: 'val' needs preprocess.cifar10.val_size > 0")
-            return self
-
 
 def parse_params(tree: dict[str, Any], source: Path | str = "params.yaml") -> Params:
     """Validate a params tree; errors are one line: ``params.yaml: train.lr: ...``."""
@@ -94,14 +80,17 @@ def load_params(
     return parse_params(tree, path), tree
 
 
-def check_model_name(params: Params, source: Path | str = "params.yaml") -> None:
-    """``train.model`` must name a network of the zoo.
+def check_pipeline(params: Params, source: Path | str = "params.yaml") -> None:
+    """What the pipeline as a whole needs beyond each section's own checks.
 
-    Not a schema check: the zoo's names live with the networks (torch), below which this
-    module sits.
+    ``train.model`` names a network of the zoo (the names live with the networks, in torch,
+    above this module), and the evaluated split exists for the data set. Not in the model:
+    ``resnet prepare dataset=imagenet`` must not fail on the evaluate section's CIFAR-10
+    default; ``resnet check-params`` (the first DVC stage), the Prefect flows and the studies
+    run this before any stage does.
 
     Raises:
-        ConfigError: the model is unknown.
+        ConfigError: one line naming the file and the key.
     """
     from resnet_mlops.models import MODELS
 
@@ -110,6 +99,28 @@ def check_model_name(params: Params, source: Path | str = "params.yaml") -> None
             f"{source}: train.model: unknown model {params.train.model!r} "
             f"(known: {', '.join(MODELS)})"
         )
+    check_split(params, source)
 
 
-__all__ = ["DATASETS", "Params", "check_model_name", "load_params", "parse_params"]
+def check_split(params: Params, source: Path | str = "params.yaml") -> None:
+    """``evaluate.split`` exists for the data set: ImageNet has no test split, and CIFAR-10
+    has a val split only when ``preprocess.cifar10.val_size`` holds images out.
+
+    Raises:
+        ConfigError: one line naming the file and the key.
+    """
+    split = params.evaluate.split
+    if params.dataset == "imagenet" and split == "test":
+        raise ConfigError(f"{source}: evaluate.split: ImageNet has no test split (use val)")
+    if params.dataset == "cifar10" and split == "val" and not params.preprocess.cifar10.val_size:
+        raise ConfigError(f"{source}: evaluate.split: 'val' needs preprocess.cifar10.val_size > 0")
+
+
+__all__ = [
+    "DATASETS",
+    "Params",
+    "check_pipeline",
+    "check_split",
+    "load_params",
+    "parse_params",
+]

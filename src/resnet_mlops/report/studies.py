@@ -15,7 +15,7 @@ from typing import Any
 
 from resnet_mlops.config import ConfigError, Section, StrTuple, from_dict, read_yaml
 from resnet_mlops.models import MODELS
-from resnet_mlops.params import load_params
+from resnet_mlops.params import check_pipeline, load_params
 
 
 class StudySpec(Section):
@@ -124,7 +124,7 @@ def validate_study(study: Study, params: Path) -> None:
         if run.model not in MODELS:
             raise ConfigError(f"study {study.name}: unknown model {run.model!r}")
         try:
-            load_params(params, run.overrides)
+            check_pipeline(load_params(params, run.overrides)[0], params)
         except ConfigError as error:
             raise ConfigError(f"study {study.name}, run {run.name}: {error}") from None
 
