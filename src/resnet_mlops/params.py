@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pydantic
 
@@ -23,15 +23,12 @@ from resnet_mlops.config import (
     read_yaml,
 )
 from resnet_mlops.data.loaders.params import LoaderParams
-from resnet_mlops.data.prepare import PrepareParams
+from resnet_mlops.data.prepare import Dataset, PrepareParams
 from resnet_mlops.data.preprocess import PreprocessParams
 from resnet_mlops.evaluation.params import EvaluateParams
 from resnet_mlops.registry.params import RegisterParams
 from resnet_mlops.report.params import ReportParams
 from resnet_mlops.train.params import TrainParams
-
-DATASETS = ("cifar10", "imagenet")
-
 
 with warnings.catch_warnings():
     # pydantic warns that the field "register" shadows ABCMeta.register, a method of the class
@@ -41,7 +38,7 @@ with warnings.catch_warnings():
     class Params(Section):
         """The whole of ``params.yaml``: one section per stage (see dvc.yaml)."""
 
-        dataset: Literal["cifar10", "imagenet"]
+        dataset: Dataset
         prepare: PrepareParams
         preprocess: PreprocessParams
         loader: LoaderParams
@@ -117,7 +114,6 @@ def check_split(params: Params, source: Path | str = "params.yaml") -> None:
 
 
 __all__ = [
-    "DATASETS",
     "Params",
     "check_pipeline",
     "check_split",
