@@ -31,26 +31,14 @@ from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from ruamel.yaml.comments import CommentedSeq
 
-from resnet_mlops.config import ConfigError, apply_overrides, load_sections, read_yaml
-from resnet_mlops.data.loaders import LoaderParams
-from resnet_mlops.data.prepare import PrepareParams
-from resnet_mlops.data.preprocess import PreprocessParams
-from resnet_mlops.evaluation.entry import EvaluateParams
-from resnet_mlops.registry.register import RegisterParams
-from resnet_mlops.train.entry import load_train_params
+from resnet_mlops.config import ConfigError, apply_overrides, read_yaml
+from resnet_mlops.params import check_pipeline, load_params
 
 PARAMS_FILE = "params.yaml"
 # Set on the worker by its operator, never a flow parameter: more folders flows may run in.
 WORKSPACES_ENV = "RESNET_WORKSPACES"
 # The checkout the flows' code was loaded from: a deployment's own folder.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-SECTIONS: dict[str, type] = {
-    "prepare": PrepareParams,
-    "preprocess": PreprocessParams,
-    "loader": LoaderParams,
-    "evaluate": EvaluateParams,
-    "register": RegisterParams,
-}
 # A training run can hold the workspace for days; the lease is renewed while the flow runs.
 LEASE_SECONDS = 300.0
 
@@ -129,22 +117,17 @@ def run_overrides(
 
 
 def validate_params(params: Path, overrides: Sequence[str]) -> dict[str, Any]:
-    """``params`` with ``overrides`` applied, checked by the stages' own parsers.
+    """``params`` with ``overrides`` applied, checked whole by the one params model.
 
     Returns:
         The whole params tree the run will use.
 
     Raises:
-        ConfigError: an unknown key, a wrong type or an unknown model, in one line naming the
-            file and the key.
+        ConfigError: an unknown key, a wrong type, a bad range or an unknown model, in one
+            line naming the file and the key.
     """
-    sections = dict(SECTIONS)
-    if "report" in read_yaml(params):  # the report stage's section, where the pipeline has one
-        from resnet_mlops.report import ReportParams
-
-        sections["report"] = ReportParams
-    load_sections(params, sections, list(overrides))
-    _, _, _, tree = load_train_params(params, list(overrides))
+    loaded, tree = load_params(params, list(overrides))
+    check_pipeline(loaded, params)
     return tree
 
 

@@ -20,7 +20,7 @@ from mlflow import MlflowClient
 from resnet_mlops.config import apply_overrides, read_yaml
 from resnet_mlops.train.entry import RESUME_KEY_FILE, run_training
 
-STAGES = ("prepare", "preprocess", "train", "evaluate", "register", "report")
+STAGES = ("params", "prepare", "preprocess", "train", "evaluate", "register", "report")
 NAME = "dvc-test-classifier"
 # The real params.yaml, shrunk: 200 training images, 30 iterations of batches of 32.
 SHRINK = [
@@ -148,7 +148,7 @@ def test_repro_then_nothing_then_only_what_a_param_change_touches(repo: Path) ->
     tree["train"]["model"] = "plain20"
     (repo / "params.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
     third = run(sys.executable, "-m", "dvc", "repro", cwd=repo)
-    assert ran(third) == ["train", "evaluate", "register", "report"]
+    assert ran(third) == ["params", "train", "evaluate", "register", "report"]
     assert "Stage 'prepare' didn't change" in third
     assert "Stage 'preprocess' didn't change" in third
     # The kept checkpoint belongs to the old model: it is not resumed.
@@ -189,3 +189,71 @@ def test_auto_resume_continues_only_a_checkpoint_of_the_same_run(
     assert again.iterations == 6 and again.history[-1]["iteration"] == 6.0
     assert "not resuming" not in capsys.readouterr().err
     # A changed config starting afresh is in the pipeline test (train.model changes there).
+
+
+@pytest.mark.slow
+def test_bad_params_stop_dvc_before_any_stage_deletes_its_outputs(tmp_path: Path) -> None:
+    """DVC deletes a stage's outputs before it runs the stage's command: the params stage,
+    which every stage depends on, must reject the file first. Its marker never changes, so a
+    valid change still reruns only the stages whose params changed."""
+    source = class_folders(tmp_path / "cifar-subset", {"train": 10, "test": 5})
+    repo = copy_project(tmp_path / "repo")
+    small = ["preprocess.cifar10.val_size=20", "train.schedule.length=4"]
+    small += ["train.schedule.milestones=[2]", "train.log_every=2"]
+    tree = apply_overrides(read_yaml(PARAMS), [f"prepare.cifar10.source={source}", *SHRINK, *small])
+
+    def write(tree: dict) -> None:
+        (repo / "params.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
+
+    write(tree)
+    run("git", "init", "-q", cwd=repo)
+    run("git", "add", "-A", cwd=repo)
+    run("git", "commit", "-qm", "pipeline", cwd=repo)
+    assert ran(run(sys.executable, "-m", "dvc", "repro", "train", cwd=repo)) == [
+        "params",
+        "prepare",
+        "preprocess",
+        "train",
+    ]
+    kept = ["models/model.pt", "metrics/train.json", "plots/train_history.json", "dvc.lock"]
+    kept += ["data/preprocessed/cifar10/manifest.json", "metrics/prepare.json"]
+    before = {path: (repo / path).read_bytes() for path in kept}
+    marker = yaml.safe_load(before["dvc.lock"])["stages"]["params"]["outs"][0]["md5"]
+
+    misspelled = yaml.safe_load(yaml.safe_dump(tree))
+    misspelled["train"]["optimizer"]["lrr"] = 0.1
+    reversed_milestones = apply_overrides(tree, ["train.schedule.length=8"])
+    reversed_milestones["train"]["schedule"]["milestones"] = [3, 1]
+    for bad, message in [
+        (misspelled, "params.yaml: unknown key train.optimizer.lrr"),
+        (reversed_milestones, "params.yaml: train.schedule.milestones: must be strictly"),
+    ]:
+        write(bad)
+        env = {
+            **os.environ,
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        }
+        result = subprocess.run(
+            [sys.executable, "-m", "dvc", "repro"],
+            cwd=repo,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        output = result.stdout + result.stderr
+        assert result.returncode != 0 and f"error: {message}" in output, output[-3000:]
+        assert ran(output) == ["params"]
+        for path, data in before.items():
+            assert (repo / path).read_bytes() == data, path
+
+    evaluate_only = apply_overrides(tree, ["evaluate.batch_size=50"])
+    write(evaluate_only)
+    again = run(sys.executable, "-m", "dvc", "repro", "train", cwd=repo)
+    assert ran(again) == ["params"]
+    for stage in ("prepare", "preprocess", "train"):
+        assert f"Stage '{stage}' didn't change" in again
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    assert lock["stages"]["params"]["outs"][0]["md5"] == marker
+    write(apply_overrides(evaluate_only, ["train.log_every=1"]))
+    train_only = run(sys.executable, "-m", "dvc", "repro", "train", cwd=repo)
+    assert ran(train_only) == ["params", "train"]

@@ -180,9 +180,14 @@ def test_imagenet_bomb_and_the_max_pixels_param(tmp_path: Path, bomb: bytes) -> 
 
 
 def test_caps_must_be_positive() -> None:
-    with pytest.raises(ConfigError, match=r"prepare.max_pixels: must be positive, got 0"):
+    with pytest.raises(
+        ConfigError, match=r"prepare.max_pixels: input should be greater than or equal to 1, got 0"
+    ):
         prepare_params("prepare.max_pixels=0")
-    with pytest.raises(ConfigError, match=r"prepare.max_file_bytes: must be positive, got -1"):
+    with pytest.raises(
+        ConfigError,
+        match=r"prepare.max_file_bytes: input should be greater than or equal to 1, got -1",
+    ):
         prepare_params("prepare.max_file_bytes=-1")
 
 

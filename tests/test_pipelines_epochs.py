@@ -173,9 +173,9 @@ def test_loader_params_check_their_values_and_parse_from_config() -> None:
     assert params == LoaderParams(backend="torch", num_threads=4)
     with pytest.raises(ConfigError, match="loader.workers"):
         from_dict(LoaderParams, {"workers": 2}, "loader")
-    with pytest.raises(ValueError, match="loader.backend"):
+    with pytest.raises(ValueError, match="backend"):
         LoaderParams(backend="pil")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="loader.num_threads"):
+    with pytest.raises(ValueError, match="num_threads"):
         LoaderParams(num_threads=0)
 
 

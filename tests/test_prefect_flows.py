@@ -41,7 +41,7 @@ from resnet_mlops.config import apply_overrides, read_yaml
 
 pytestmark = pytest.mark.slow
 
-STAGES = ["prepare", "preprocess", "train", "evaluate", "register", "report"]
+STAGES = ["params", "prepare", "preprocess", "train", "evaluate", "register", "report"]
 POOL = "resnet-process"  # prefect.yaml's work pool
 STARTUP_TIMEOUT_S = 240.0  # a Prefect server takes 30-60 s to start on 2 busy cores
 RUN_TIMEOUT_S = 900.0
@@ -260,7 +260,7 @@ def test_a_deployment_from_prefect_yaml_runs_every_stage_on_a_worker(stack: Stac
     run = wait_for_final_state(flow_run_id)
     assert run.state.is_completed(), f"{run.state.name}: {run.state.message}"
 
-    # One task per dvc.yaml stage (the paper's five, then any stage added since), in DVC's order.
+    # One task per dvc.yaml stage (the params check first), in DVC's order.
     stages = pipeline_stages(workspace)
     assert stages[: len(STAGES)] == STAGES
     tasks = task_runs(run.id)

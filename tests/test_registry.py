@@ -231,7 +231,7 @@ def registered(
             data,
             tmp / f"register-{number}.json",
         )
-        return register("cifar10", RegisterParams(NAME, margin), paths, server.uri)
+        return register("cifar10", RegisterParams(name=NAME, margin=margin), paths, server.uri)
 
     halved = other_test_data(small_cifar, tmp / "halved")
     return {

@@ -11,14 +11,15 @@ from typer.testing import CliRunner
 
 from resnet_mlops.cli import app
 from resnet_mlops.config import ConfigError, load_sections
-from resnet_mlops.report.studies import load_studies, stage_sections, validate_study
+from resnet_mlops.report.studies import load_studies, validate_study
 
 STUDIES = REPO / "studies.yaml"
+SECTIONS = ("train", "loader", "evaluate")
 
 
 @pytest.mark.parametrize("name", list(load_studies(STUDIES)))
 def test_every_run_of_every_study_parses_against_params_yaml(name: str) -> None:
-    validate_study(load_studies(STUDIES)[name], PARAMS, stage_sections())
+    validate_study(load_studies(STUDIES)[name], PARAMS)
 
 
 def test_the_studies_cover_the_papers_experiments() -> None:
@@ -49,7 +50,7 @@ def test_cpu_depth_study_is_the_committed_reports_schedule() -> None:
     assert study.grid == "paper-cifar10-cpu-10k"
     assert {r.model for r in study.runs()} == {"plain20", "plain56", "resnet20", "resnet56"}
     for run in study.runs():
-        _, sections, tree = load_sections(PARAMS, stage_sections(), run.overrides)
+        _, sections, tree = load_sections(PARAMS, SECTIONS, run.overrides)
         schedule = sections["train"].schedule
         assert (schedule.length, schedule.milestones) == (10000, (8000, 9000))
         assert tree["preprocess"]["cifar10"]["val_size"] == 0
@@ -57,7 +58,7 @@ def test_cpu_depth_study_is_the_committed_reports_schedule() -> None:
 
 def test_imagenet_recipe_is_the_papers_section_3_4() -> None:
     for run in load_studies(STUDIES)["imagenet-recipes"].runs():
-        dataset, sections, _ = load_sections(PARAMS, stage_sections(), run.overrides)
+        dataset, sections, _ = load_sections(PARAMS, SECTIONS, run.overrides)
         train = sections["train"]
         assert dataset == "imagenet" and train.model == run.model
         assert (train.batch_size, train.optimizer.lr, train.optimizer.weight_decay) == (
@@ -100,7 +101,7 @@ def test_a_bad_study_is_a_one_line_error_naming_study_run_and_key(tmp_path: Path
         "    overrides: [train.optimizer.lrr=0.1]\n"
     )
     with pytest.raises(ConfigError, match=r"study s, run s-resnet20: .*train\.optimizer\.lrr"):
-        validate_study(load_studies(bad)["s"], PARAMS, stage_sections())
+        validate_study(load_studies(bad)["s"], PARAMS)
     result = CliRunner().invoke(app, ["study", "s", "--studies", str(bad)])
     assert result.exit_code == 2 and result.output.count("\n") == 1
     bad.write_text("recipes: {}\nstudies:\n  s: {about: x, recipe: nope, grid: g, models: []}\n")

@@ -113,6 +113,49 @@ def _stage_params(path: Path, section: str, cls: type, overrides: list[str] | No
         fail(str(error))
 
 
+def _require_device(params: Path, key: str, device: str) -> None:
+    """A one-line error now, rather than a torch traceback once the run has started."""
+    from resnet_mlops.train.runtime import device_problem
+
+    problem = device_problem(device)
+    if problem:
+        fail(f"{params}: {key}: {problem}")
+
+
+# What `resnet check-params --out` writes: the same bytes whatever the params, so that DVC
+# reruns no stage downstream of the check because of it (the stages' own params decide).
+PARAMS_CHECKED = {"params": "checked"}
+
+
+@app.command("check-params")
+def check_params_command(
+    overrides: Overrides = None,
+    params: ParamsOption = Path("params.yaml"),
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Write a fixed marker here when the params are valid (dvc.yaml)."),
+    ] = None,
+) -> None:
+    """Check the whole params file: keys, types, ranges, relations, model and devices.
+
+    dvc.yaml's first stage: every other stage depends on its marker, so DVC checks
+    params.yaml before it deletes any stage's outputs.
+    """
+    from resnet_mlops.data.io import write_json_atomic
+    from resnet_mlops.params import check_pipeline, load_params
+
+    try:
+        loaded, _ = load_params(params, overrides or [])
+        check_pipeline(loaded, params)
+    except ConfigError as error:
+        fail(str(error))
+    _require_device(params, "train.device", loaded.train.device)
+    _require_device(params, "evaluate.device", loaded.evaluate.device)
+    if out is not None:
+        write_json_atomic(out, PARAMS_CHECKED)
+    typer.echo(f"{params}: valid")
+
+
 @app.command("prepare")
 def prepare_command(
     overrides: Overrides = None,
@@ -209,7 +252,7 @@ def train_command(
     re-runs itself under ``torch.distributed.run`` (see ``resnet_mlops.train.launch``).
     """
     from resnet_mlops.train.checkpoint import CheckpointError
-    from resnet_mlops.train.entry import run_training
+    from resnet_mlops.train.entry import load_train_params, run_training
     from resnet_mlops.train.launch import launch_requested, relaunch_under_torchrun
     from resnet_mlops.train.loop import Interrupted
 
@@ -220,6 +263,8 @@ def train_command(
         argv += ["--resume"] * resume + ["--auto-resume"] * auto_resume
         relaunch_under_torchrun(["train", *argv, *(overrides or [])])
     try:
+        train_params = load_train_params(params, overrides or [])[1]
+        _require_device(params, "train.device", train_params.device)
         mode = "auto" if auto_resume and not resume else resume
         result = run_training(params, overrides or [], data, out, metrics, history, mode)
     except (ConfigError, DataError, CheckpointError) as error:
@@ -243,10 +288,14 @@ def evaluate_command(
 ) -> None:
     """Score a trained model: top-1/top-5 error, per-class accuracy, confusion matrix."""
     from resnet_mlops.evaluation.entry import EvalPaths, run_evaluation
+    from resnet_mlops.params import check_split, load_params
     from resnet_mlops.train.checkpoint import CheckpointError
 
     paths = EvalPaths(metrics, plots / "confusion.csv", plots / "confusion.png")
     try:
+        loaded, _ = load_params(params, overrides or [])
+        check_split(loaded, params)
+        _require_device(params, "evaluate.device", loaded.evaluate.device)
         result = run_evaluation(params, overrides or [], model, data, paths)
     except (ConfigError, DataError, CheckpointError) as error:
         fail(str(error), 2 if isinstance(error, ConfigError) else 1)
@@ -331,7 +380,6 @@ def study_command(
         dvc_commands,
         flow_commands,
         load_studies,
-        stage_sections,
         validate_study,
     )
 
@@ -343,7 +391,7 @@ def study_command(
             return
         if name not in found:
             fail(f"{studies}: no study {name!r} (known: {', '.join(found)})")
-        validate_study(found[name], params, stage_sections())
+        validate_study(found[name], params)
     except ConfigError as error:
         fail(str(error))
     lines = (flow_commands if flow else dvc_commands)(

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+from pydantic import Field
+
+from resnet_mlops.config import Section, matching
 from resnet_mlops.data import cifar10, imagenet
 from resnet_mlops.data.errors import DataError
 from resnet_mlops.data.images import DEFAULT_MAX_PIXELS
@@ -29,8 +32,7 @@ from resnet_mlops.data.sources import (
 Dataset = Literal["cifar10", "imagenet"]
 
 
-@dataclass(frozen=True)
-class Cifar10Source:
+class Cifar10Source(Section):
     """Where CIFAR-10 comes from.
 
     ``source: auto`` takes the team's mirror when it exists (machines without internet) and
@@ -38,19 +40,20 @@ class Cifar10Source:
     pickled batches or class folders) or a folder of class folders may be named instead.
     """
 
-    source: str
+    source: Annotated[str, Field(min_length=1)]
     mirror: str
     url: str
-    md5: str  # checked for downloads and official-format archives; "" skips the check
+    # checked for downloads and official-format archives; "" skips the check
+    md5: Annotated[str, matching("([0-9a-f]{32})?", '32 lowercase hex digits or ""')]
 
 
-@dataclass(frozen=True)
-class ImagenetSource:
+class ImagenetSource(Section):
     """Where ImageNet-layout data comes from: a folder or tar archive holding ``train/<wnid>/``
     and ``val/<wnid>/``, or a single folder of ``<wnid>/`` class folders (like the sample)."""
 
-    source: str
-    sha256: str  # "" for none; a SHA256SUMS file beside an archive is checked anyway
+    source: Annotated[str, Field(min_length=1)]
+    # "" for none; a SHA256SUMS file beside an archive is checked anyway
+    sha256: Annotated[str, matching("([0-9a-f]{64})?", '64 lowercase hex digits or ""')]
 
 
 # The default byte cap of one source file: twice the largest file a real source holds (an
@@ -59,8 +62,7 @@ class ImagenetSource:
 DEFAULT_MAX_FILE_BYTES = 64 * 2**20
 
 
-@dataclass(frozen=True)
-class PrepareParams:
+class PrepareParams(Section):
     """The ``prepare`` section of params.yaml.
 
     ``max_pixels`` and ``max_file_bytes`` bound what one file may cost to read and decode,
@@ -71,14 +73,9 @@ class PrepareParams:
     cifar10: Cifar10Source
     imagenet: ImagenetSource
     skip_corrupt: bool
-    workers: int  # 0: every core
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
-
-    def __post_init__(self) -> None:
-        for key in ("max_pixels", "max_file_bytes"):
-            if (value := getattr(self, key)) < 1:
-                raise ValueError(f"prepare.{key}: must be positive, got {value}")
+    workers: Annotated[int, Field(ge=0)]  # 0: every core
+    max_pixels: Annotated[int, Field(ge=1)] = DEFAULT_MAX_PIXELS
+    max_file_bytes: Annotated[int, Field(ge=1)] = DEFAULT_MAX_FILE_BYTES
 
 
 @dataclass(frozen=True)
@@ -114,10 +111,16 @@ def anchor_sources(params: PrepareParams, root: Path) -> PrepareParams:
         return str(root / value)
 
     cifar = params.cifar10
-    return replace(
-        params,
-        cifar10=replace(cifar, source=anchored(cifar.source), mirror=anchored(cifar.mirror)),
-        imagenet=replace(params.imagenet, source=anchored(params.imagenet.source)),
+    # model_copy does not validate again: the anchored paths are strings like the originals.
+    return params.model_copy(
+        update={
+            "cifar10": cifar.model_copy(
+                update={"source": anchored(cifar.source), "mirror": anchored(cifar.mirror)}
+            ),
+            "imagenet": params.imagenet.model_copy(
+                update={"source": anchored(params.imagenet.source)}
+            ),
+        }
     )
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import Field
 
+from resnet_mlops.config import Section
 from resnet_mlops.data import cifar10, imagenet
 from resnet_mlops.data.errors import DataError
 from resnet_mlops.data.io import (
@@ -22,45 +23,35 @@ from resnet_mlops.data.prepare import Dataset
 from resnet_mlops.data.sources import Problem, iter_source_files
 
 
-@dataclass(frozen=True)
-class Cifar10Preprocess:
+class Cifar10Preprocess(Section):
     """CIFAR-10 split: the paper holds out 5k of the 50k training images (0: train on all).
 
     ``train_size`` keeps a seeded, stratified subset of what is left for training (0: all of
     it), for studies that must fit a short budget.
     """
 
-    val_size: int
-    seed: int
-    train_size: int
-
-    def __post_init__(self) -> None:
-        if self.val_size < 0 or self.train_size < 0:
-            raise ValueError(
-                "preprocess.cifar10: val_size and train_size must be 0 or more, got "
-                f"{self.val_size} and {self.train_size}"
-            )
+    val_size: Annotated[int, Field(ge=0)]
+    seed: Annotated[int, Field(ge=0)]  # NumPy's generators take no negative seed
+    train_size: Annotated[int, Field(ge=0)]
 
 
-@dataclass(frozen=True)
-class ImagenetPreprocess:
+class ImagenetPreprocess(Section):
     """ImageNet shards: samples per shard, the longest shorter side kept (0: keep), and the
     JPEG quality of the images that must be re-encoded (CMYK, PNG, resized)."""
 
-    shard_size: int
-    max_side: int
-    quality: int
-    seed: int
+    shard_size: Annotated[int, Field(ge=1)]
+    max_side: Annotated[int, Field(ge=0)]
+    quality: Annotated[int, Field(ge=1, le=100)]  # Pillow's JPEG quality scale
+    seed: Annotated[int, Field(ge=0)]
 
 
-@dataclass(frozen=True)
-class PreprocessParams:
+class PreprocessParams(Section):
     """The ``preprocess`` section of params.yaml."""
 
     cifar10: Cifar10Preprocess
     imagenet: ImagenetPreprocess
     skip_corrupt: bool
-    workers: int  # 0: every core
+    workers: Annotated[int, Field(ge=0)]  # 0: every core
 
 
 def _load_manifest(prepared: Path, dataset: str) -> dict[str, Any]:

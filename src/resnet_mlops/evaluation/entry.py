@@ -13,19 +13,10 @@ from resnet_mlops.data.errors import DataError
 from resnet_mlops.data.io import atomic_write_bytes, write_json_atomic
 from resnet_mlops.data.loaders import LoaderParams, build_loader, dataset_classes
 from resnet_mlops.evaluation.metrics import EvalResult, evaluate_model
+from resnet_mlops.evaluation.params import EvaluateParams
 from resnet_mlops.evaluation.plots import plot_confusion
 from resnet_mlops.train.artifact import load_model
 from resnet_mlops.train.runtime import resolve_precision, setup_runtime
-
-
-@dataclass(frozen=True)
-class EvaluateParams:
-    """The ``evaluate`` section of params.yaml."""
-
-    split: str  # test for CIFAR-10 (10k images); val for ImageNet
-    batch_size: int
-    ten_crop: bool  # ImageNet: also the paper's 10-crop test (corners + centre, and flips)
-    device: str
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from resnet_mlops.registry.champion import (
 )
 from resnet_mlops.registry.connection import CHALLENGER, CHAMPION, RegistryError, reaching
 from resnet_mlops.registry.package import INPUT_DESCRIPTION, log_classifier, write_model_files
+from resnet_mlops.registry.params import RegisterParams
 from resnet_mlops.registry.scoring import split_version
 from resnet_mlops.tracking import DATA_VERSION_TAG
 from resnet_mlops.tracking.connection import global_tracking_uri
@@ -43,14 +44,6 @@ from resnet_mlops.tracking.runs import experiment_id
 from resnet_mlops.train.artifact import load_model
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RegisterParams:
-    """The ``register`` section of params.yaml."""
-
-    name: str  # the registered model; "auto": <dataset>-classifier
-    margin: float  # percentage points of test top-1 error a challenger must win by
 
 
 @dataclass(frozen=True)

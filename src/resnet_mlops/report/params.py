@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Annotated
+
+from pydantic import Field
+
+from resnet_mlops.config import Section
 
 
-@dataclass(frozen=True)
-class ReportParams:
+class ReportParams(Section):
     """What ``resnet report`` draws and from which runs.
 
     Attributes:
@@ -15,12 +18,6 @@ class ReportParams:
         response_images: CIFAR-10 test images Figure 7's layer responses are measured on.
     """
 
-    experiment: str = "auto"
+    experiment: Annotated[str, Field(min_length=1)] = "auto"
     grid: str = ""
-    response_images: int = 1000
-
-    def __post_init__(self) -> None:
-        if self.response_images < 1:
-            raise ValueError(
-                f"report.response_images: must be at least 1, got {self.response_images}"
-            )
+    response_images: Annotated[int, Field(ge=1)] = 1000

@@ -9,32 +9,31 @@ from __future__ import annotations
 
 import json
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from resnet_mlops.config import ConfigError, from_dict, load_sections, read_yaml
+from resnet_mlops.config import ConfigError, Section, StrTuple, from_dict, read_yaml
 from resnet_mlops.models import MODELS
+from resnet_mlops.params import check_pipeline, load_params
 
 
-@dataclass(frozen=True)
-class StudySpec:
+class StudySpec(Section):
     """One entry of ``studies:`` as written in the file."""
 
     about: str
     recipe: str
     grid: str
-    models: tuple[str, ...]
-    optional_models: tuple[str, ...] = ()
-    overrides: tuple[str, ...] = ()
-    variants: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    models: StrTuple
+    optional_models: StrTuple = ()
+    overrides: StrTuple = ()
+    variants: dict[str, StrTuple] = {}  # pydantic copies a mutable default
 
 
-@dataclass(frozen=True)
-class StudiesFile:
+class StudiesFile(Section):
     """The whole file: named recipes (override lists) and studies."""
 
-    recipes: dict[str, tuple[str, ...]]
+    recipes: dict[str, StrTuple]
     studies: dict[str, StudySpec]
 
 
@@ -113,9 +112,9 @@ def load_studies(path: Path) -> dict[str, Study]:
     return studies
 
 
-def validate_study(study: Study, params: Path, sections: dict[str, type]) -> None:
-    """Check every run of ``study`` (optional models too) against ``params`` with the stages'
-    own parsers, so a queued experiment cannot fail on its config hours later.
+def validate_study(study: Study, params: Path) -> None:
+    """Check every run of ``study`` (optional models too) against ``params`` with the one
+    params model, so a queued experiment cannot fail on its config hours later.
 
     Raises:
         ConfigError: an override names no key, a value has the wrong type, or a model is
@@ -125,7 +124,7 @@ def validate_study(study: Study, params: Path, sections: dict[str, type]) -> Non
         if run.model not in MODELS:
             raise ConfigError(f"study {study.name}: unknown model {run.model!r}")
         try:
-            load_sections(params, sections, run.overrides)
+            check_pipeline(load_params(params, run.overrides)[0], params)
         except ConfigError as error:
             raise ConfigError(f"study {study.name}, run {run.name}: {error}") from None
 
@@ -155,24 +154,3 @@ def flow_commands(study: Study, *, include_optional: bool = False) -> list[str]:
             f"python -m pipelines.grid --grid {call['grid']} --models {models} {overrides}"
         )
     return lines
-
-
-def stage_sections() -> dict[str, type]:
-    """Every params.yaml section and the dataclass its stage parses it with."""
-    from resnet_mlops.data.loaders import LoaderParams
-    from resnet_mlops.data.prepare import PrepareParams
-    from resnet_mlops.data.preprocess import PreprocessParams
-    from resnet_mlops.evaluation.entry import EvaluateParams
-    from resnet_mlops.registry.register import RegisterParams
-    from resnet_mlops.report.params import ReportParams
-    from resnet_mlops.train.params import TrainParams
-
-    return {
-        "prepare": PrepareParams,
-        "preprocess": PreprocessParams,
-        "loader": LoaderParams,
-        "train": TrainParams,
-        "evaluate": EvaluateParams,
-        "register": RegisterParams,
-        "report": ReportParams,
-    }

@@ -141,3 +141,20 @@ def all_reduce_sum(values: torch.Tensor, runtime: Runtime) -> torch.Tensor:
         values = values.to(runtime.device)
         dist.all_reduce(values)
     return values
+
+
+def device_problem(device: str) -> str | None:
+    """Why ``device`` (``auto | cpu | cuda | cuda:N``) cannot be used here, or None.
+
+    Checked when a command starts, not in the params schema: the same params.yaml is valid
+    on a GPU machine and wrong on a CPU one. Without the check, ``cuda`` on a CPU machine
+    fails deep inside torch after the run has started.
+    """
+    if not device.startswith("cuda"):
+        return None
+    if not torch.cuda.is_available():
+        return f"{device!r} asked for, but torch sees no CUDA GPU here (use auto or cpu)"
+    index = int(device.partition(":")[2] or 0)
+    if index >= torch.cuda.device_count():
+        return f"{device!r} asked for, but torch sees {torch.cuda.device_count()} GPU(s)"
+    return None

@@ -1,10 +1,12 @@
-"""The input pipelines' knobs: one frozen dataclass, ready to be a ``params.yaml`` section."""
+"""The input pipelines' knobs: the ``loader`` section of ``params.yaml``."""
 
 from __future__ import annotations
 
-import typing
-from dataclasses import dataclass, fields
-from typing import Literal
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from resnet_mlops.config import Section
 
 Dataset = Literal["cifar10", "imagenet"]
 Backend = Literal["auto", "dali", "torch"]
@@ -17,8 +19,7 @@ IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 
 
-@dataclass(frozen=True)
-class LoaderParams:
+class LoaderParams(Section):
     """How the training and evaluation batches are produced.
 
     Attributes:
@@ -35,18 +36,6 @@ class LoaderParams:
     """
 
     backend: Backend = "auto"
-    num_threads: int = 2
+    num_threads: Annotated[int, Field(ge=1)] = 2
     cifar_normalization: CifarNormalization = "pixel"
     imagenet_augmentation: ImagenetAugmentation = "random_resized_crop"
-
-    def __post_init__(self) -> None:
-        hints = typing.get_type_hints(type(self))
-        for field in fields(self):
-            allowed = typing.get_args(hints[field.name])
-            value = getattr(self, field.name)
-            if allowed and value not in allowed:
-                raise ValueError(f"loader.{field.name}: expected one of {allowed}, got {value!r}")
-        if isinstance(self.num_threads, bool) or not isinstance(self.num_threads, int):
-            raise ValueError(f"loader.num_threads: expected an integer, got {self.num_threads!r}")
-        if self.num_threads < 1:
-            raise ValueError(f"loader.num_threads: must be at least 1, got {self.num_threads}")
