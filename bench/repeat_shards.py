@@ -21,9 +21,17 @@ from pathlib import Path
 from resnet_mlops.data.loaders import load_imagenet_split
 
 
-def repeat_shards(source: Path, target: Path, split: str, samples: int, repeats: int) -> str:
+def repeat_shards(
+    source: Path,
+    target: Path,
+    split: str,
+    samples: int,
+    repeats: int,
+    val_repeats: int | None = None,
+) -> str:
     """Write ``target``: the first ``samples`` images of ``source``'s ``split`` in one shard,
-    listed ``repeats`` times in ``index.json``; a one-line description of what it wrote."""
+    listed ``repeats`` times in ``index.json`` for ``train`` and ``val_repeats`` (default the
+    same) for ``val``; a one-line description of what it wrote."""
     shards = load_imagenet_split(source, split)
     count = min(samples, len(shards))
     target.mkdir(parents=True, exist_ok=True)
@@ -43,12 +51,16 @@ def repeat_shards(source: Path, target: Path, split: str, samples: int, repeats:
                 tar.addfile(info, io.BytesIO(payload))
             lines.append(" ".join(members))
     idx_path.write_text(f"v1.2 {count}\n" + "\n".join(lines) + "\n")
-    entry = {
-        "shards": [tar_path.name] * repeats,
-        "indexes": [idx_path.name] * repeats,
-        "samples": count * repeats,
-    }
-    index = {"classes": list(shards.classes), "splits": {"train": entry, "val": entry}}
+
+    def entry(times: int) -> dict:
+        return {
+            "shards": [tar_path.name] * times,
+            "indexes": [idx_path.name] * times,
+            "samples": count * times,
+        }
+
+    splits = {"train": entry(repeats), "val": entry(val_repeats or repeats)}
+    index = {"classes": list(shards.classes), "splits": splits}
     (target / "index.json").write_text(json.dumps(index, indent=1) + "\n")
     size = tar_path.stat().st_size / 2**20
     return f"{target}: {count} images ({size:.0f} MiB), {count * repeats} per epoch"
@@ -61,8 +73,13 @@ def main() -> None:
     parser.add_argument("--split", default="train")
     parser.add_argument("--samples", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--val-repeats", type=int, default=None, help="default: --repeats")
     args = parser.parse_args()
-    print(repeat_shards(args.source, args.target, args.split, args.samples, args.repeats))
+    print(
+        repeat_shards(
+            args.source, args.target, args.split, args.samples, args.repeats, args.val_repeats
+        )
+    )
 
 
 if __name__ == "__main__":

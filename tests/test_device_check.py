@@ -151,8 +151,9 @@ def _read(out: Path, number: int, step: str) -> dict:
 
 @pytest.mark.slow
 def test_dry_run_writes_every_record(tmp_path: Path, carried: Path) -> None:
-    out = tmp_path / "out"
+    out, log = tmp_path / "out", tmp_path / "log.txt"
     env = {**_env(), "PARTS": str(carried), "CARRY": str(tmp_path / "carry"), "OUT": str(out)}
+    env["LOG"] = str(log)
     command = ["bash", str(DEVICE / "run.sh"), "--dry-run", "--commit", "0123abc"]
     # The GPU changes what these stages run on; register and report (MLflow only) are the
     # ones tests/test_dvc_pipeline.py runs, and take a minute more here.
@@ -172,10 +173,10 @@ def test_dry_run_writes_every_record(tmp_path: Path, carried: Path) -> None:
     assert pipeline["output"]["channels_last"] and pipeline["images_per_s"] > 0
 
     training = _read(out, 2, "resnet50_training")["figures"]
+    assert training["compiled"] is False and training["precision"] == "fp32"
     for source in ("synthetic", "dali"):
-        assert training[f"eager_{source}"]["timed_steps"] == 2
-        assert training[f"eager_{source}"]["images_per_s"] > 0
-    assert training["eager_dali_over_synthetic"] > 0
+        assert training[source]["timed_steps"] == 2 and training[source]["images_per_s"] > 0
+    assert training["dali_over_synthetic"] > 0
 
     recipe = _read(out, 3, "cifar_recipe")["figures"]
     assert recipe["finished"] and recipe["iterations"] == 4
@@ -195,10 +196,15 @@ def test_dry_run_writes_every_record(tmp_path: Path, carried: Path) -> None:
     assert 0 <= crops["test_10crop_top1_error"] <= 100
 
     summary = json.loads((out / "summary.json").read_text())
-    assert [s["step"] for s in summary["steps"]] == list(STEPS)
+    assert [s["step"] for s in summary["steps"]] == list(STEPS)  # no compiling on this CPU
     assert all(s["status"] == "ok" for s in summary["steps"])
-    log = (out / "log.txt").read_text()
-    assert "joined in" in log and "measure.py exit 0" in log
+    assert sorted(p.name for p in out.iterdir()) == [
+        *(f"{n:02d}-{step}.json" for n, step in enumerate(STEPS, 1)),
+        "resnet20.tar",
+        "summary.json",
+    ]  # at most 8 files come back from the device
+    text = log.read_text()
+    assert "joined in" in text and "measure.py exit 0" in text
 
 
 @pytest.mark.slow

@@ -17,8 +17,10 @@ PARTS=${PARTS:-.device/parts}
 CARRY=${CARRY:-/tmp/device-carry}
 SITE=${SITE:-$PWD/.device/site}
 OUT=${OUT:-$PWD/.device/out}
-mkdir -p "$OUT"
-LOG=$OUT/log.txt
+# Not under $OUT: the device tool brings back 8 files, and the records and the CIFAR run take
+# them all. The call's reply holds the output's tail; a later call can read the whole log.
+LOG=${LOG:-$PWD/.device/log.txt}
+mkdir -p "$OUT" "$(dirname "$LOG")"
 export PYTHONUNBUFFERED=1
 
 dry=0

@@ -19,7 +19,6 @@ class Sizes:
     train_side: int  # the ResNet-50 steps' input side (the pipeline's 224 crops resized)
     warmup: int
     steps: int
-    compile: bool
     cifar_batch: int
     cifar_iterations: int
     cifar_milestones: tuple[int, int]
@@ -38,7 +37,6 @@ GPU = Sizes(
     train_side=224,
     warmup=30,
     steps=200,
-    compile=True,
     cifar_batch=128,
     cifar_iterations=64000,
     cifar_milestones=(32000, 48000),
@@ -59,7 +57,6 @@ DRY = Sizes(
     train_side=64,
     warmup=1,
     steps=2,
-    compile=False,
     cifar_batch=8,
     cifar_iterations=4,
     cifar_milestones=(2, 3),
@@ -82,7 +79,8 @@ BUDGETS = {
     "cifar_recipe": 270.0,
     "dvc_repro": 70.0,
     "ten_crop_evaluation": 25.0,
+    "resnet50_compiled": 150.0,  # whatever is left of the deadline: compile may not fit
 }
 STEPS = tuple(BUDGETS)
 # The dry run stops on its tiny sizes, not its budgets: these only bound a hung step.
-DRY_BUDGETS = dict.fromkeys(STEPS, 300.0)
+DRY_BUDGETS = {**dict.fromkeys(STEPS, 300.0), "dvc_repro": 900.0}

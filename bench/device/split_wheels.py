@@ -4,6 +4,7 @@ The device machine has torch but no DALI and no network, and one call of the dev
 at most 64 MiB of files (the working tree included). So, here:
 
     python bench/device/split_wheels.py download          # DALI's wheels -> .device/wheels/
+                                        [--pipeline]      # and DVC + MLflow for dvc repro
     python bench/device/carry_data.py                     # the data      -> .device/data/
     python bench/device/split_wheels.py split             # both -> .device/parts/bundle.NNN
 
@@ -56,6 +57,7 @@ PLATFORMS = (
     "manylinux1_x86_64",
 )
 CARRY = Path(".device")
+PIPELINE = Path(__file__).with_name("pipeline-wheels.txt")
 CHUNK = 1 << 20
 
 
@@ -72,9 +74,28 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def download(target: Path, wheels: tuple[str, ...] = WHEELS) -> list[Path]:
-    """``pip download`` the wheels for the device's Python and platform into ``target``."""
+def pipeline_requirements(path: Path = PIPELINE) -> tuple[list[str], list[str]]:
+    """``(wheels, sdists)``: the pinned requirements of ``path``; ``# sdist`` marks a package
+    that has no wheel on PyPI and is built into one here."""
+    wheels, sdists = [], []
+    for line in path.read_text().splitlines():
+        requirement, _, comment = line.partition("#")
+        if requirement.strip():
+            (sdists if "sdist" in comment else wheels).append(requirement.strip())
+    return wheels, sdists
+
+
+def download(target: Path, wheels: tuple[str, ...] = WHEELS, pipeline: bool = False) -> list[Path]:
+    """``pip download`` the wheels for the device's Python and platform into ``target``.
+
+    With ``pipeline``, also what ``dvc repro`` needs there (:data:`PIPELINE`); its pure-Python
+    packages that PyPI has only as source are built into wheels with ``pip wheel``.
+    """
     target.mkdir(parents=True, exist_ok=True)
+    wanted, sdists = list(wheels), []
+    if pipeline:
+        more, sdists = pipeline_requirements()
+        wanted += more
     command = [
         sys.executable,
         "-m",
@@ -89,9 +110,12 @@ def download(target: Path, wheels: tuple[str, ...] = WHEELS) -> list[Path]:
         *(arg for platform in PLATFORMS for arg in ("--platform", platform)),
         "-d",
         str(target),
-        *wheels,
+        *wanted,
     ]
     subprocess.run(command, check=True)
+    if sdists:
+        build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(target)]
+        subprocess.run([*build, *sdists], check=True)
     return sorted(target.glob("*.whl"))
 
 
@@ -227,6 +251,11 @@ def main() -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     get = commands.add_parser("download", help="pip download the wheels for the device")
     get.add_argument("--into", type=Path, default=CARRY / "wheels")
+    get.add_argument(
+        "--pipeline",
+        action="store_true",
+        help="also DVC, MLflow and their needs (pipeline-wheels.txt), for dvc repro there",
+    )
     cut = commands.add_parser("split", help="pack folders into parts and a manifest")
     cut.add_argument("sources", type=Path, nargs="*", default=[CARRY / "wheels", CARRY / "data"])
     cut.add_argument("--parts", type=Path, default=CARRY / "parts")
@@ -242,7 +271,7 @@ def main() -> int:
     args = parser.parse_args()
     try:
         if args.command == "download":
-            for wheel in download(args.into):
+            for wheel in download(args.into, pipeline=args.pipeline):
                 print(f"{wheel.stat().st_size / 2**20:8.1f} MiB  {wheel.name}")
         elif args.command == "split":
             manifest = split(args.sources, args.parts, int(args.part_mib * 2**20))
