@@ -288,14 +288,14 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--deadline",
         type=float,
         default=None,
-        help="seconds for all steps together (default 540; 1800 with --dry-run)",
+        help="seconds for all steps together (default 500; 1800 with --dry-run)",
     )
     parser.add_argument("--step", choices=STEPS, help=argparse.SUPPRESS)
     parser.add_argument("--budget", type=float, default=0.0, help=argparse.SUPPRESS)
     parser.add_argument("--command", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.device = args.device or ("cpu" if args.dry_run else "cuda")
-    args.deadline = args.deadline or (1800.0 if args.dry_run else 540.0)
+    args.deadline = args.deadline or (1800.0 if args.dry_run else 500.0)
     if args.only is None:
         args.only = ",".join(s for s in STEPS if not (args.dry_run and s == "resnet50_compiled"))
     # What each step's process is given again (everything but the driver's own options).
