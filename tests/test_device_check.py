@@ -138,6 +138,23 @@ def carried(tmp_path_factory: pytest.TempPathFactory, cifar_jpegs) -> Path:
     return root / "parts"
 
 
+def test_run_sh_leaves_a_folder_it_did_not_write(tmp_path: Path, carried: Path) -> None:
+    carry = tmp_path / "mine"
+    carry.mkdir()
+    (carry / "notes.txt").write_text("keep\n")
+    env = {**_env(), "PARTS": str(carried), "CARRY": str(carry), "OUT": str(tmp_path / "out")}
+    env["LOG"] = str(tmp_path / "log.txt")
+    done = subprocess.run(
+        ["bash", str(DEVICE / "run.sh"), "--dry-run"], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"error: {carry}: exists and was not written by run.sh (no .joined); "
+        "choose another or remove it"
+    ]
+    assert [p.name for p in carry.iterdir()] == ["notes.txt"]
+
+
 def _read(out: Path, number: int, step: str) -> dict:
     record = json.loads((out / f"{number:02d}-{step}.json").read_text())
     assert record["step"] == step and record["dry_run"] is True

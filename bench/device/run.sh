@@ -28,6 +28,9 @@ for arg in "$@"; do [ "$arg" = --dry-run ] && dry=1; done
 
 say() { echo "run.sh: $*" | tee -a "$LOG"; }
 fail() { echo "error: $*" | tee -a "$LOG" >&2; exit 1; }
+# Replace a folder only if this script wrote it (its marker file is there) or it is empty.
+ours() { [ ! -e "$1" ] || [ -e "$1/$2" ] || [ -z "$(ls -A "$1")" ] \
+    || fail "$1: exists and was not written by run.sh (no $2); choose another or remove it"; }
 
 say "start $(date -u +%FT%TZ) in $PWD"
 if [ "$dry" = 0 ]; then
@@ -43,6 +46,7 @@ key=$("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))["bundle
     "$PARTS/manifest.json") || fail "$PARTS/manifest.json: not a manifest"
 if [ "$(cat "$CARRY/.joined" 2>/dev/null)" != "$key" ]; then
     started=$SECONDS
+    ours "$CARRY" .joined
     rm -rf "$CARRY"  # this script's own unpacked copy of an earlier bundle
     "$PYTHON" bench/device/split_wheels.py join --parts "$PARTS" --into "$CARRY" 2>&1 \
         | tee -a "$LOG" || fail "joining the parts failed (above)"
@@ -54,6 +58,7 @@ shopt -s nullglob
 wheels=("$CARRY"/wheels/*.whl)
 if [ ${#wheels[@]} -gt 0 ] && [ "$(cat "$SITE/.installed" 2>/dev/null)" != "$key" ]; then
     started=$SECONDS
+    ours "$SITE" .installed
     rm -rf "$SITE"  # this script's own install from an earlier bundle
     "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
         --target "$SITE" "${wheels[@]}" 2>&1 | tee -a "$LOG" \
