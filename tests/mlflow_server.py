@@ -75,7 +75,13 @@ def _healthy(uri: str) -> bool:
 
 
 def start_mlflow_server(
-    store: Path, *, port: int | None = None, timeout_s: float = STARTUP_TIMEOUT_S
+    store: Path,
+    *,
+    port: int | None = None,
+    timeout_s: float = STARTUP_TIMEOUT_S,
+    backend: str | None = None,
+    artifacts: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> MlflowServer:
     """Start ``mlflow server`` on ``store`` and wait until ``/health`` answers.
 
@@ -83,23 +89,32 @@ def start_mlflow_server(
     server, so clients upload them over HTTP. The job runner MLflow starts by default (a
     handful of Huey processes for GenAI jobs) is switched off.
 
+    Args:
+        store: the folder of the log, and by default of ``mlflow.db`` and ``artifacts/``.
+        port: the port; by default a free one.
+        timeout_s: how long to wait for ``/health``.
+        backend: the backend store URI instead of ``store/mlflow.db`` (e.g. PostgreSQL).
+        artifacts: the artifact destination instead of ``store/artifacts`` (e.g. ``s3://``).
+        env: variables for the server on top of this process's, less its ``MLFLOW_*`` and
+            ``AWS_*`` ones.
+
     Raises:
         RuntimeError: the server exited or did not answer in time (with its log's tail).
     """
     store.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     uri = f"http://127.0.0.1:{port}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+    server_env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_"))}
+    server_env.update(env or {}, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
     log_file = open(store / "server.log", "ab")  # noqa: SIM115 (the child writes to it)
     command = [
         *(sys.executable, "-m", "mlflow", "server"),
         *("--host", "127.0.0.1", "--port", str(port), "--workers", "1"),
-        *("--backend-store-uri", f"sqlite:///{(store / 'mlflow.db').as_posix()}"),
-        *("--artifacts-destination", str(store / "artifacts")),
+        *("--backend-store-uri", backend or f"sqlite:///{(store / 'mlflow.db').as_posix()}"),
+        *("--artifacts-destination", artifacts or str(store / "artifacts")),
     ]
     process = subprocess.Popen(
-        command, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        command, stdout=log_file, stderr=subprocess.STDOUT, env=server_env, start_new_session=True
     )
     log_file.close()
     server = MlflowServer(uri=uri, port=port, store=store, process=process)

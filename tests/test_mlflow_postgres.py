@@ -20,14 +20,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import PARAMS
 from mlflow import MlflowClient
-from mlflow_server import MlflowServer, _healthy, free_port
+from mlflow_server import MlflowServer, free_port, start_mlflow_server
 
 psycopg2 = pytest.importorskip("psycopg2", reason="pip install psycopg2-binary (the dev extra)")
 
@@ -107,32 +106,13 @@ def postgres() -> Iterator[Postgres]:
 @pytest.fixture(scope="module")
 def server(postgres: Postgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
     """``mlflow server`` as the stack runs it: PostgreSQL backend, proxied artifacts."""
-    store = tmp_path_factory.mktemp("mlflow-postgres")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
-    log = open(store / "server.log", "ab")  # noqa: SIM115 (the child writes to it)
-    process = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "mlflow", "server"),
-            *("--host", "127.0.0.1", "--port", str(port), "--workers", "1"),
-            # The driver named: SQLAlchemy 2.1 takes a bare postgresql:// as psycopg 3.
-            *("--backend-store-uri", postgres.uri("mlflow", "postgresql+psycopg2")),
-            *("--artifacts-destination", str(store / "artifacts")),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        start_new_session=True,
+    # The first start creates MLflow's schema in PostgreSQL: minutes on loaded cores.
+    running = start_mlflow_server(
+        tmp_path_factory.mktemp("mlflow-postgres"),
+        timeout_s=180,
+        # The driver named: SQLAlchemy 2.1 takes a bare postgresql:// as psycopg 3.
+        backend=postgres.uri("mlflow", "postgresql+psycopg2"),
     )
-    log.close()
-    running = MlflowServer(f"http://127.0.0.1:{port}", port, store, process)
-    deadline = time.monotonic() + 180  # the first start creates MLflow's schema in PostgreSQL
-    while not _healthy(running.uri):
-        if process.poll() is not None or time.monotonic() > deadline:
-            running.stop()
-            pytest.fail((store / "server.log").read_text(errors="replace")[-3000:])
-        time.sleep(0.5)
     yield running
     running.stop()
 

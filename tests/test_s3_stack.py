@@ -26,7 +26,7 @@ import pytest
 import yaml
 from conftest import PARAMS, copy_project
 from mlflow import MlflowClient
-from mlflow_server import MlflowServer, _healthy, free_port
+from mlflow_server import MlflowServer, free_port, start_mlflow_server
 from test_dvc_pipeline import SHRINK, class_folders, run
 from test_mlflow_postgres import Postgres, postgres  # noqa: F401 (the fixture)
 
@@ -98,32 +98,14 @@ def server(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[MlflowServer]:
     """``mlflow server`` as docker/compose.yaml runs it: PostgreSQL, artifacts proxied to S3."""
-    store = tmp_path_factory.mktemp("mlflow-s3")
     postgres.query("postgres", "CREATE DATABASE mlflow_s3")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_"))}
-    env.update(KEYS, MLFLOW_S3_ENDPOINT_URL=s3, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-    log = open(store / "server.log", "ab")  # noqa: SIM115 (the child writes to it)
-    process = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "mlflow", "server"),
-            *("--host", "127.0.0.1", "--port", str(port), "--workers", "1"),
-            *("--backend-store-uri", postgres.uri("mlflow_s3", "postgresql+psycopg2")),
-            *("--artifacts-destination", "s3://mlflow/artifacts"),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        start_new_session=True,
+    running = start_mlflow_server(
+        tmp_path_factory.mktemp("mlflow-s3"),
+        timeout_s=180,
+        backend=postgres.uri("mlflow_s3", "postgresql+psycopg2"),
+        artifacts="s3://mlflow/artifacts",
+        env={**KEYS, "MLFLOW_S3_ENDPOINT_URL": s3},
     )
-    log.close()
-    running = MlflowServer(f"http://127.0.0.1:{port}", port, store, process)
-    deadline = time.monotonic() + 180
-    while not _healthy(running.uri):
-        if process.poll() is not None or time.monotonic() > deadline:
-            running.stop()
-            pytest.fail((store / "server.log").read_text(errors="replace")[-3000:])
-        time.sleep(0.5)
     yield running
     running.stop()
 
