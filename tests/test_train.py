@@ -190,10 +190,14 @@ def test_sigterm_saves_and_resume_ends_with_the_same_weights(tmp_path: Path, sma
     assert not (out / "models" / "model.pt").exists()
     stopped = torch.load(out / "models" / "checkpoint.pt", weights_only=True)
     assert 20 <= stopped["train_state"]["iteration"] < 40
+    run_id = stopped["train_state"]["run_id"]
+    assert MlflowClient().get_run(run_id).info.status == "KILLED"  # not left RUNNING
 
     resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     final = torch.load(out / "models" / "model.pt", weights_only=True)
+    assert final["provenance"]["mlflow_run_id"] == run_id  # the same run, reopened, ended
+    assert MlflowClient().get_run(run_id).info.status == "FINISHED"
     for key, value in expected["state_dict"].items():
         torch.testing.assert_close(final["state_dict"][key], value, rtol=0, atol=0, msg=key)
     timeless = [
@@ -264,7 +268,7 @@ def test_resume_problems_are_one_line_errors_and_overwrite_nothing(
     assert result.returncode == 1
     assert result.stderr.strip() == f"error: {models}/checkpoint.pt: no such checkpoint"
 
-    models.mkdir()
+    models.mkdir(exist_ok=True)  # the failed run above may have made it, to lock it
     (models / "checkpoint.pt").write_bytes(b"\x80\x02garbage")
     result = run_cli(*common, cwd=tmp_path)
     assert result.returncode == 1
