@@ -93,12 +93,17 @@ class Repro:
                 assert time.time() < deadline, f"never saw {text!r}:\n{self.output[-3000:]}"
                 self._changed.wait(1)
         while command is not None:
+            found = {}
             for child in psutil.Process(self.process.pid).children(recursive=True):
                 try:
-                    argv = child.cmdline()
+                    argv, parent = child.cmdline(), child.ppid()
                 except psutil.NoSuchProcess:
                     continue
                 if any(Path(a).name == "resnet" for a in argv[:2]) and command in argv:
+                    found[child.pid] = (child, parent)
+            # Not a DataLoader worker: those are forks with the same command line.
+            for child, parent in found.values():
+                if parent not in found:
                     return child
             assert time.time() < deadline, f"no resnet {command} under dvc:\n{self.output}"
             time.sleep(0.2)
@@ -170,7 +175,11 @@ def outcome(repo: Path, env: dict[str, str]) -> dict:
     return {
         "data": data,
         "weights": model["state_dict"],
-        "model": {k: model[k] for k in ("model", "config", "preprocessing", "parameters")},
+        "model": {k: model[k] for k in ("model", "config", "parameters")},
+        "preprocessing": {
+            k: v.tolist() if isinstance(v, torch.Tensor) else v  # the mean image
+            for k, v in model["preprocessing"].items()
+        },
         "model_metrics": timeless([model["metrics"]]),
         "train": timeless([json.loads((repo / "metrics" / "train.json").read_text())]),
         "history": timeless(json.loads((repo / "plots" / "train_history.json").read_text())),
