@@ -135,7 +135,7 @@ def test_train_then_evaluate_writes_self_describing_outputs(tmp_path: Path, smal
     assert evaluation == {"evaluation/eval.json", "evaluation/cm.png"}
 
 
-def _wait_for(process: subprocess.Popen, text: str, timeout: float = 120) -> str:
+def _wait_for(process: subprocess.Popen, text: str, timeout: float = 600) -> str:
     seen = ""
     deadline = time.time() + timeout
     while time.time() < deadline:
