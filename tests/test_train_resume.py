@@ -217,6 +217,14 @@ def test_auto_resume_continues_only_the_run_that_wrote_the_checkpoint(
     _train(tmp_path, small_cifar, 5)
     assert client.get_run(third.run_id).info.status == "FINISHED"
 
+    # Killed (-9) and then replaced by a fresh start: nothing else would end its run.
+    client.update_run(third.run_id, status="RUNNING")
+    capsys.readouterr()
+    fresh = _train(tmp_path, small_cifar, 3)
+    assert f"MLflow run {third.run_id} of the replaced" in capsys.readouterr().err
+    assert client.get_run(third.run_id).info.status == "KILLED"
+    assert client.get_run(fresh.run_id).info.status == "FINISHED"
+
 
 LAUNCHER = """
 import os, subprocess, sys
