@@ -121,7 +121,15 @@ def test_checkpoint_from_two_nodes_resumes_on_one_and_back(
     assert _iterations(head) == [13.0, 20.0, 33.0, 40.0, 50.0]
     assert not (other / "models" / "checkpoint.pt").exists()
     _, meta = load_model(head / "models" / "model.pt")
-    assert meta["provenance"]["mlflow_run_id"] == run_id
-    # One MLflow run across the three launches: rank 0 of each logged its epochs to it.
-    epochs = MlflowClient().get_metric_history(run_id, "val_error")
-    assert sorted(m.step for m in epochs) == [1, 2, 3, 4, 5]
+    # Each launch extended a FINISHED run: that run is never reopened; the extension is a
+    # run of its own that names the one it continues (rank 0 of each logged its epochs).
+    client = MlflowClient()
+    runs = [client.get_run(meta["provenance"]["mlflow_run_id"])]
+    while "resumed_from" in runs[-1].data.tags:
+        runs.append(client.get_run(runs[-1].data.tags["resumed_from"]))
+    assert [run.info.run_id for run in runs][-1] == run_id and len(runs) == 3
+    assert {run.info.status for run in runs} == {"FINISHED"}
+    steps = [
+        m.step for run in runs for m in client.get_metric_history(run.info.run_id, "val_error")
+    ]
+    assert sorted(steps) == [1, 2, 3, 4, 5]

@@ -18,7 +18,8 @@ from conftest import CIFAR_MIRROR, PARAMS, copy_project
 from mlflow import MlflowClient
 
 from resnet_mlops.config import apply_overrides, read_yaml
-from resnet_mlops.train.entry import RESUME_KEY_FILE, run_training
+from resnet_mlops.train.checkpoint import peek_checkpoint
+from resnet_mlops.train.entry import run_training
 
 STAGES = ("params", "prepare", "preprocess", "train", "evaluate", "register", "report")
 NAME = "dvc-test-classifier"
@@ -182,12 +183,13 @@ def test_auto_resume_continues_only_a_checkpoint_of_the_same_run(
         )
 
     assert train().iterations == 6
-    key = json.loads((tmp_path / "models" / RESUME_KEY_FILE).read_text())
+    key = peek_checkpoint(tmp_path / "models" / "checkpoint.pt")["resume_key"]
     assert key["train"]["schedule"]["length"] == 6 and key["dataset"] == "cifar10"
     capsys.readouterr()
     again = train()  # the finished run's checkpoint: nothing left to train
     assert again.iterations == 6 and again.history[-1]["iteration"] == 6.0
-    assert "not resuming" not in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "not resuming" not in err and "had already finished (6 iterations)" in err
     # A changed config starting afresh is in the pipeline test (train.model changes there).
 
 

@@ -135,7 +135,7 @@ def test_train_then_evaluate_writes_self_describing_outputs(tmp_path: Path, smal
     assert evaluation == {"evaluation/eval.json", "evaluation/cm.png"}
 
 
-def _wait_for(process: subprocess.Popen, text: str, timeout: float = 120) -> str:
+def _wait_for(process: subprocess.Popen, text: str, timeout: float = 600) -> str:
     seen = ""
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -190,10 +190,14 @@ def test_sigterm_saves_and_resume_ends_with_the_same_weights(tmp_path: Path, sma
     assert not (out / "models" / "model.pt").exists()
     stopped = torch.load(out / "models" / "checkpoint.pt", weights_only=True)
     assert 20 <= stopped["train_state"]["iteration"] < 40
+    run_id = stopped["train_state"]["run_id"]
+    assert MlflowClient().get_run(run_id).info.status == "KILLED"  # not left RUNNING
 
     resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     final = torch.load(out / "models" / "model.pt", weights_only=True)
+    assert final["provenance"]["mlflow_run_id"] == run_id  # the same run, reopened, ended
+    assert MlflowClient().get_run(run_id).info.status == "FINISHED"
     for key, value in expected["state_dict"].items():
         torch.testing.assert_close(final["state_dict"][key], value, rtol=0, atol=0, msg=key)
     timeless = [
@@ -269,7 +273,7 @@ def test_resume_problems_are_one_line_errors_and_overwrite_nothing(
     assert result.returncode == 1
     assert _errors(result.stderr) == [f"error: {models}/checkpoint.pt: no such checkpoint"]
 
-    models.mkdir()
+    models.mkdir(exist_ok=True)  # the failed run above may have made it, to lock it
     (models / "checkpoint.pt").write_bytes(b"\x80\x02garbage")
     result = run_cli(*common, cwd=tmp_path)
     assert result.returncode == 1

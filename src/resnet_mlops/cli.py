@@ -245,6 +245,14 @@ def train_command(
             "it; otherwise start afresh (what dvc repro runs).",
         ),
     ] = False,
+    stop_with_parent: Annotated[
+        bool,
+        typer.Option(
+            "--stop-with-parent",
+            help="Checkpoint and exit 143 when the process that started this one exits (a "
+            "killed dvc repro), as on SIGTERM; shell -c wrappers in between are skipped.",
+        ),
+    ] = False,
 ) -> None:
     """Train a model with the paper's recipe (the train section of params.yaml).
 
@@ -255,19 +263,30 @@ def train_command(
     from resnet_mlops.train.entry import load_train_params, run_training
     from resnet_mlops.train.launch import launch_requested, relaunch_under_torchrun
     from resnet_mlops.train.loop import Interrupted
+    from resnet_mlops.train.outdir import OutputBusy
 
     if launch_requested(os.environ):
         paths = {"--params": params, "--out": out, "--metrics": metrics, "--history": history}
         argv = [str(part) for option, path in paths.items() for part in (option, path)]
         argv += ["--data", str(data)] if data else []
         argv += ["--resume"] * resume + ["--auto-resume"] * auto_resume
+        argv += ["--stop-with-parent"] * stop_with_parent
         relaunch_under_torchrun(["train", *argv, *(overrides or [])])
     try:
         train_params = load_train_params(params, overrides or [])[1]
         _require_device(params, "train.device", train_params.device)
         mode = "auto" if auto_resume and not resume else resume
-        result = run_training(params, overrides or [], data, out, metrics, history, mode)
-    except (ConfigError, DataError, CheckpointError) as error:
+        result = run_training(
+            params,
+            overrides or [],
+            data,
+            out,
+            metrics,
+            history,
+            mode,
+            stop_with_parent=stop_with_parent,
+        )
+    except (ConfigError, DataError, CheckpointError, OutputBusy) as error:
         fail(str(error), 2 if isinstance(error, ConfigError) else 1)
     except Interrupted as error:
         typer.echo(str(error), err=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,51 @@ def _os_error(error: BaseException) -> OSError | None:
             return error
         error = error.__cause__ or error.__context__
     return None
+
+
+def temporary_pattern(path: Path) -> re.Pattern[str]:
+    """The names :func:`save_checkpoint` gives its temporary files for ``path``.
+
+    ``tempfile.mkstemp`` adds 8 characters of ``[a-z0-9_]`` between our prefix and suffix.
+    """
+    return re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.tmp")
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Delete the temporary files a killed :func:`save_checkpoint` left beside ``path``.
+
+    Only names of our own pattern, only in ``path``'s folder. The caller must hold that
+    folder's lock (:func:`~resnet_mlops.train.outdir.lock_output`): a live writer's temporary
+    file looks the same.
+
+    Returns:
+        The files removed.
+    """
+    if not path.parent.is_dir():
+        return []
+    pattern = temporary_pattern(path)
+    removed = []
+    for candidate in path.parent.iterdir():
+        if pattern.fullmatch(candidate.name) and candidate.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                candidate.unlink()
+                removed.append(candidate)
+    return removed
+
+
+def peek_checkpoint(path: Path) -> dict[str, Any] | None:
+    """A checkpoint's small entries (not its tensors), or None if it is missing or unreadable.
+
+    Memory-maps the file, so deciding whether to resume a large checkpoint does not read its
+    weights; :func:`load_checkpoint` reports what is wrong with an unreadable one.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # missing, damaged, or an old (non-zip) format that cannot be mapped
+        return None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        return None
+    return {k: v for k, v in state.items() if k not in ("model_state", "optimizer_state")}
 
 
 def load_checkpoint(path: Path, *, model: str | None = None) -> dict[str, Any]:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -11,14 +10,16 @@ from typing import Any, Literal
 
 import numpy as np
 
-import resnet_mlops
-from resnet_mlops.config import ConfigError, load_sections, to_dict
-from resnet_mlops.data.io import write_json_atomic
+from resnet_mlops.config import ConfigError, load_sections
 from resnet_mlops.data.loaders import LoaderParams
 from resnet_mlops.evaluation.plots import plot_training_curves
 from resnet_mlops.models import MODELS
+from resnet_mlops.train.checkpoint import peek_checkpoint, remove_stale_temporaries
 from resnet_mlops.train.loop import Interrupted, TrainPaths, TrainResult, TrainState, train
+from resnet_mlops.train.outdir import lock_output
 from resnet_mlops.train.params import TrainParams
+from resnet_mlops.train.resume import data_version, mismatch, resume_key
+from resnet_mlops.train.stop import StopRequest, watch_launcher
 
 
 def load_train_params(
@@ -37,54 +38,52 @@ def load_train_params(
     return dataset, train_params, sections["loader"], tree
 
 
-def data_version(data_dir: Path) -> str:
-    """A short content hash of the preprocessed data: its manifest lists every file's SHA-256."""
-    manifest = data_dir / "manifest.json"
-    if not manifest.exists():
-        return "unknown"
-    return hashlib.sha256(manifest.read_bytes()).hexdigest()[:16]
-
-
-RESUME_KEY_FILE = "resume_key.json"
-
-
-def code_version() -> str:
-    """A hash of this package's source: a checkpoint is resumed only by the code that wrote it."""
-    package = Path(resnet_mlops.__file__).parent
-    digest = hashlib.sha256()
-    for path in sorted(package.rglob("*.py")):
-        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def resume_key(
-    dataset: str, train_params: TrainParams, loader_params: LoaderParams, version: str
-) -> dict[str, Any]:
-    """What a checkpoint must have been trained with to be resumed by ``--auto-resume``."""
-    key = {
-        "dataset": dataset,
-        "train": to_dict(train_params),
-        "loader": to_dict(loader_params),
-        "data_version": version,
-        "code_version": code_version(),
-    }
-    return json.loads(json.dumps(key))  # as read back from the file: lists, not tuples
-
-
-def _matches(checkpoint: Path, key_file: Path, key: dict[str, Any]) -> bool:
+def _auto_resume(checkpoint: Path, key: dict[str, Any]) -> bool:
     """Whether ``checkpoint`` exists and was written under ``key``; says so when it is not."""
     if not checkpoint.exists():
         return False
-    try:
-        if json.loads(key_file.read_text()) == key:
-            return True
-    except (OSError, ValueError):
-        pass
-    print(
-        f"not resuming {checkpoint}: not written for these params, data and code; starting afresh",
-        file=sys.stderr,
-    )
+    stored = peek_checkpoint(checkpoint)
+    why = "not a readable checkpoint" if stored is None else mismatch(stored.get("resume_key"), key)
+    if why is None:
+        return True
+    print(f"not resuming {checkpoint}: {why}; starting afresh", file=sys.stderr)
     return False
+
+
+def _run_status(uri: str, run_id: str) -> str | None:
+    """The MLflow run's status, or None when it cannot be had (unknown run, server down)."""
+    from mlflow import MlflowClient
+
+    from resnet_mlops.tracking.connection import short_http_limits
+
+    try:
+        with short_http_limits():
+            return MlflowClient(uri).get_run(run_id).info.status
+    except Exception:  # unknown run or an unreachable server: nothing to settle here
+        return None
+
+
+def _end_abandoned_run(checkpoint: Path, uri: str) -> None:
+    """Mark KILLED the RUNNING MLflow run of a checkpoint that a fresh start replaces.
+
+    Called with the output folder locked, so that run's writer is gone (``kill -9``, power
+    loss); nothing else would ever end it.
+    """
+    stored = peek_checkpoint(checkpoint) if checkpoint.exists() else None
+    run_id = ((stored or {}).get("train_state") or {}).get("run_id")
+    if not run_id or _run_status(uri, run_id) != "RUNNING":
+        return
+    from mlflow import MlflowClient
+
+    from resnet_mlops.tracking.connection import short_http_limits
+
+    try:
+        with short_http_limits():
+            MlflowClient(uri).set_terminated(run_id, status="KILLED")
+    except Exception as error:
+        print(f"could not end abandoned MLflow run {run_id}: {error}", file=sys.stderr)
+        return
+    print(f"MLflow run {run_id} of the replaced {checkpoint}: RUNNING -> KILLED", file=sys.stderr)
 
 
 class _TrackerSink:
@@ -108,15 +107,24 @@ class _TrackerSink:
         from resnet_mlops.tracking import RunTracker
 
         experiment, uri, history, run_name = self.settings
+        run_id, tags = state.run_id, self.tags
+        if run_id is not None and _run_status(uri, run_id) == "FINISHED":
+            # A finished run may be registered already: a resume that trains on (an explicit
+            # --resume with a longer schedule) gets a run of its own instead of reopening it.
+            print(
+                f"MLflow run {run_id} is FINISHED; recording this resumed training in a new run",
+                file=sys.stderr,
+            )
+            run_id, tags = None, {**tags, "resumed_from": state.run_id}
         self.tracker = RunTracker(
             experiment=experiment,
             tracking_uri=uri,
             run_name=run_name,
-            run_id=state.run_id,
+            run_id=run_id,
             history_path=history,
             resumed=state.iteration > 0,  # keeps the journal of a run the server never saw
         )
-        return self.tracker.start(self.params, self.tags, data_version=self.version)
+        return self.tracker.start(self.params, tags, data_version=self.version)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         if self.tracker is not None:
@@ -135,12 +143,27 @@ def run_training(
     metrics: Path,
     history: Path,
     resume: bool | Literal["auto"],
+    *,
+    stop_with_parent: bool = False,
 ) -> TrainResult:
-    """Parse, attach the tracker (rank 0 only), train, then log curves and the model.
+    """Parse, lock ``out``, attach the tracker (rank 0 only), train, then log curves and model.
 
-    ``resume="auto"`` continues from the checkpoint in ``out`` only if it was written for the
-    same data set, ``train`` and ``loader`` params, data version and code (see
-    :func:`resume_key`); otherwise training starts afresh.
+    ``resume="auto"`` continues from the checkpoint in ``out`` only if the resume key stored in
+    it (see :mod:`resnet_mlops.train.resume`) equals this run's: the same data set, ``train``
+    and ``loader`` params, data version and train-stage code; otherwise training starts afresh.
+    A checkpoint that has already finished is not trained further: the outputs are rewritten
+    from it, and its MLflow run is completed only if its writer died leaving it RUNNING.
+
+    Args:
+        stop_with_parent: also stop (checkpoint, :class:`Interrupted`) when the process that
+            launched this one exits, e.g. a killed ``dvc repro`` (see
+            :mod:`resnet_mlops.train.stop`).
+
+    Raises:
+        ConfigError: bad params.
+        OutputBusy: another ``resnet train`` writes to ``out``.
+        CheckpointError: a checkpoint that cannot be resumed.
+        Interrupted: SIGTERM, or the launcher exited; the checkpoint was saved.
     """
     from resnet_mlops.tracking import env_tags, git_tags, tracking_uri
 
@@ -149,59 +172,106 @@ def run_training(
     data_dir = data or Path("data/preprocessed") / dataset
     paths = TrainPaths(out / "checkpoint.pt", out / "model.pt", metrics, history)
     root = Path.cwd()
+    uri = tracking_uri(root)
     version = data_version(data_dir)
     rank0 = int(os.environ.get("RANK", "0")) == 0
     key = resume_key(dataset, train_params, loader_params, version)
-    if resume == "auto":
-        # Rank 0 decides for all ranks (train() sends its checkpoint to the others).
-        resume = rank0 and _matches(paths.checkpoint, out / RESUME_KEY_FILE, key)
-    if not resume and rank0:
-        # A fresh run voids the old checkpoint before it records its own key: a checkpoint
-        # next to a key is always one that key's run wrote.
-        paths.checkpoint.unlink(missing_ok=True)
-        write_json_atomic(out / RESUME_KEY_FILE, key)
-    tags = {**git_tags(root), "dataset": dataset, "model": train_params.model, **extra_tags}
-    sink = (
-        _TrackerSink(
-            train_params.experiment,
-            tracking_uri(root),
-            out / "mlflow-history.jsonl",
-            tree,
-            tags,
-            version,
-            train_params.model,
+    stop = StopRequest()
+    with contextlib.ExitStack() as scope:
+        scope.enter_context(stop.on_sigterm())
+        if stop_with_parent:
+            scope.callback(watch_launcher(stop))
+        if rank0:  # the only writer of `out` (other ranks may not even share its disk)
+            scope.enter_context(lock_output(out))
+            for path in (paths.checkpoint, paths.model):
+                for leftover in remove_stale_temporaries(path):
+                    print(f"removed {leftover}, left by a killed resnet train", file=sys.stderr)
+        if resume == "auto":
+            # Rank 0 decides for all ranks (train() sends its checkpoint to the others).
+            resume = rank0 and _auto_resume(paths.checkpoint, key)
+        if not resume and rank0:
+            _end_abandoned_run(paths.checkpoint, uri)
+        tags = {**git_tags(root), "dataset": dataset, "model": train_params.model, **extra_tags}
+        sink = (
+            _TrackerSink(
+                train_params.experiment,
+                uri,
+                out / "mlflow-history.jsonl",
+                tree,
+                tags,
+                version,
+                train_params.model,
+            )
+            if rank0
+            else None
         )
-        if rank0
-        else None
-    )
-    try:
-        result = train(
-            dataset,
-            train_params,
-            loader_params,
-            data_dir,
-            paths,
-            resume=resume,
-            sink=sink,
-            on_start=sink.on_start if sink else None,
-            provenance={"data_version": version, **tags},
-            config=tree,
-        )
-    except Interrupted:
-        if sink:
-            sink.finish("KILLED")
-        raise
-    except BaseException:
-        if sink:
-            sink.finish("FAILED")
-        raise
-    if sink is not None and sink.tracker is not None:
-        curves = out / "training_curves.png"
-        plot_training_curves(result.history, curves, f"{train_params.model} on {dataset}")
-        sink.tracker.log_artifact(curves, "plots")
-        sink.tracker.log_artifact(history, "plots")
-        size = 32 if dataset == "cifar10" else 224
-        example = np.random.default_rng(0).standard_normal((2, 3, size, size), np.float32)
-        sink.tracker.log_model(result.model.cpu().eval(), example)
-        sink.finish("FINISHED")
+        try:
+            result = train(
+                dataset,
+                train_params,
+                loader_params,
+                data_dir,
+                paths,
+                resume=resume,
+                sink=sink,
+                on_start=sink.on_start if sink else None,
+                provenance={"data_version": version, **tags},
+                config=tree,
+                resume_key=key,
+                stop=stop,
+            )
+            if sink is not None:
+                _log_outcome(sink, result, stop, paths, out, dataset, train_params.model, uri)
+        except Interrupted:
+            if sink:
+                sink.finish("KILLED")
+            raise
+        except BaseException:
+            if sink:
+                sink.finish("FAILED")
+            raise
     return result
+
+
+def _log_outcome(
+    sink: _TrackerSink,
+    result: TrainResult,
+    stop: StopRequest,
+    paths: TrainPaths,
+    out: Path,
+    dataset: str,
+    model: str,
+    uri: str,
+) -> None:
+    """Log the curves and the model to the run, and end it FINISHED.
+
+    Raises:
+        Interrupted: a stop was requested after training; the outputs are written, the run
+            ends KILLED without the curves and model.
+    """
+    if result.rebuilt:
+        status = _run_status(uri, result.run_id) if result.run_id else None
+        print(
+            f"{paths.checkpoint} had already finished ({result.iterations} iterations): "
+            f"outputs rewritten from it, nothing trained",
+            file=sys.stderr,
+        )
+        if status != "RUNNING":  # ended (or untracked): never reopened, nothing added
+            return
+        # Its writer died between the last checkpoint and the end of the run: complete it.
+        sink.on_start(TrainState(run_id=result.run_id))
+    if stop.requested:
+        raise Interrupted(
+            f"stopped ({stop.reason}) after training; outputs written, "
+            "curves and model not logged to MLflow"
+        )
+    if sink.tracker is None:
+        return
+    curves = out / "training_curves.png"
+    plot_training_curves(result.history, curves, f"{model} on {dataset}")
+    sink.tracker.log_artifact(curves, "plots")
+    sink.tracker.log_artifact(paths.history, "plots")
+    size = 32 if dataset == "cifar10" else 224
+    example = np.random.default_rng(0).standard_normal((2, 3, size, size), np.float32)
+    sink.tracker.log_model(result.model.cpu().eval(), example)
+    sink.finish("FINISHED")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 import sys
 import time
 from collections.abc import Callable
@@ -38,6 +37,7 @@ from resnet_mlops.train.runtime import (
     teardown_runtime,
 )
 from resnet_mlops.train.schedule import learning_rate, to_iterations, warmup_iterations
+from resnet_mlops.train.stop import StopRequest
 
 
 class MetricSink(Protocol):
@@ -71,7 +71,7 @@ class TrainState:
 
 
 class Interrupted(Exception):
-    """SIGTERM arrived; a checkpoint was saved before this was raised."""
+    """A stop was requested (SIGTERM, the launcher gone); a checkpoint was saved first."""
 
 
 @dataclass
@@ -82,6 +82,8 @@ class TrainResult:
     history: list[dict[str, float]]
     model: Any
     iterations: int
+    run_id: str | None = None  # the MLflow run the checkpoint belongs to
+    rebuilt: bool = False  # True: the checkpoint had finished; outputs rewritten, no training
 
 
 def _num_classes(dataset: str, data_dir: Path) -> int:
@@ -108,6 +110,8 @@ def train(
     on_start: Callable[[TrainState], str | None] | None = None,
     provenance: dict[str, Any] | None = None,
     config: dict[str, Any] | None = None,
+    resume_key: dict[str, Any] | None = None,
+    stop: StopRequest | None = None,
 ) -> TrainResult:
     """Train ``params.model`` on a preprocessed data set; resumable, distributed under torchrun.
 
@@ -117,32 +121,43 @@ def train(
         loader_params: the ``loader`` section.
         data_dir: the preprocessed data (``data/preprocessed/<dataset>``).
         paths: where to write (rank 0 only).
-        resume: continue from ``paths.checkpoint``; an error if it does not exist.
+        resume: continue from ``paths.checkpoint``; an error if it does not exist. A
+            checkpoint that has already finished is not trained further: the outputs are
+            rewritten from it (``TrainResult.rebuilt``) and ``on_start`` is not called.
         sink: receives each epoch's metrics (rank 0 only).
         on_start: called once on rank 0 with the state (holding the run id of a resumed run);
             returns the run id to store in checkpoints.
         provenance: data version, git commit etc., stored in the model file.
         config: the whole parsed params, stored in checkpoints and the model file.
+        resume_key: what this run was started with (see ``train.resume``), stored in its
+            checkpoints so that ``--auto-resume`` continues only them. A resumed checkpoint
+            written under another key (or none) keeps no key: it matches nothing.
+        stop: polled between batches; default: one set by SIGTERM during the call.
 
     Raises:
-        CheckpointError: ``resume`` and the checkpoint is missing, corrupt or of another model.
-        Interrupted: SIGTERM arrived; a checkpoint was saved first.
+        CheckpointError: ``resume`` and the checkpoint is missing, corrupt, of another model
+            or past the end of this schedule.
+        Interrupted: a stop was requested; a checkpoint was saved first.
     """
+    stop = stop or StopRequest()
     runtime = setup_runtime(params.device)
     try:
-        return _train(
-            dataset,
-            params,
-            loader_params,
-            data_dir,
-            paths,
-            runtime,
-            resume,
-            sink,
-            on_start,
-            provenance or {},
-            config or {},
-        )
+        with stop.on_sigterm():
+            return _train(
+                dataset,
+                params,
+                loader_params,
+                data_dir,
+                paths,
+                runtime,
+                resume,
+                sink,
+                on_start,
+                provenance or {},
+                config or {},
+                resume_key,
+                stop,
+            )
     finally:
         teardown_runtime(runtime)
 
@@ -159,6 +174,8 @@ def _train(
     on_start: Callable[[TrainState], str | None] | None,
     provenance: dict[str, Any],
     config: dict[str, Any],
+    key: dict[str, Any] | None,
+    stop: StopRequest,
 ) -> TrainResult:
     checkpoint = _shared_checkpoint(paths.checkpoint, params.model, resume, runtime)
     seed_everything(params.seed, params.deterministic)
@@ -212,16 +229,34 @@ def _train(
         scaler.load_state_dict(checkpoint["scaler_state"])
         set_rng_state(checkpoint["rng"])
         state = TrainState(**checkpoint["train_state"])
+        if state.iteration > total:
+            raise CheckpointError(
+                f"{paths.checkpoint}: at iteration {state.iteration}, past the end of this "
+                f"schedule ({total} iterations)"
+            )
+        if checkpoint.get("resume_key") != key:
+            key = None  # a hybrid of two configurations: never auto-resumed
+    if checkpoint is not None and _finished(state, total):
+        # Finished already (a run killed after its last checkpoint): write the outputs from
+        # it rather than train 0 iterations; the MLflow run is the caller's to settle.
+        if runtime.is_main:
+            write_json_atomic(paths.history, state.history)
+        final = _write_outputs(
+            dataset,
+            data_dir,
+            loader_params,
+            params,
+            model,
+            kwargs,
+            state,
+            paths,
+            runtime,
+            provenance,
+            config,
+        )
+        return TrainResult(final, state.history, model, state.iteration, state.run_id, True)
     if runtime.is_main and on_start is not None:
         state.run_id = on_start(state)
-    restore_forward = _cuda_graphs(model, dataset, per_rank_batch, params, runtime, dtype)
-    net: torch.nn.Module = model
-    if params.compile:
-        net = torch.compile(net)
-    if runtime.distributed:
-        net = DistributedDataParallel(
-            net, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None
-        )
 
     def save(target: TrainState) -> None:
         if runtime.is_main:
@@ -235,11 +270,24 @@ def _train(
                     "rng": rng_state(),
                     "train_state": to_dict(target),
                     "config": config,
+                    "resume_key": key,
                 },
             )
 
-    stop = {"requested": False}
-    previous_handler = signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
+    if checkpoint is None:
+        # At once, before any batch: the checkpoint now names this run's MLflow run, so a run
+        # killed from here on is resumed (and its MLflow run ended) by the next --auto-resume,
+        # and an older checkpoint that this run does not continue is gone.
+        save(state)
+    restore_forward = _cuda_graphs(model, dataset, per_rank_batch, params, runtime, dtype)
+    net: torch.nn.Module = model
+    if params.compile:
+        net = torch.compile(net)
+    if runtime.distributed:
+        net = DistributedDataParallel(
+            net, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None
+        )
+
     progress = ProgressReporter(
         total=total,
         epochs=-(-total // iterations_per_epoch),
@@ -248,7 +296,7 @@ def _train(
     )
     try:
         with progress:
-            while state.iteration < total:
+            while not _finished(state, total) and not stop.requested:
                 train_loader.set_epoch(state.epoch)
                 _run_epoch(
                     net,
@@ -267,12 +315,8 @@ def _train(
                     stop,
                     save,
                 )
-                if stop["requested"]:
-                    save(state)
-                    raise Interrupted(
-                        f"stopped by SIGTERM at iteration {state.iteration}; "
-                        f"checkpoint saved to {paths.checkpoint}"
-                    )
+                if stop.requested:
+                    break
                 result = evaluate_model(
                     net,
                     eval_loader,
@@ -295,10 +339,50 @@ def _train(
                     if sink is not None:
                         sink.log_metrics(record, step=int(record["epoch"]))
                 save(state)
+            if stop.requested and not _finished(state, total):
+                save(state)
+                raise Interrupted(
+                    f"stopped ({stop.reason}) at iteration {state.iteration}; "
+                    f"checkpoint saved to {paths.checkpoint}"
+                )
     finally:
-        signal.signal(signal.SIGTERM, previous_handler)
         if restore_forward is not None:
             restore_forward()
+    final = _write_outputs(
+        dataset,
+        data_dir,
+        loader_params,
+        params,
+        model,
+        kwargs,
+        state,
+        paths,
+        runtime,
+        provenance,
+        config,
+    )
+    return TrainResult(final, state.history, model, state.iteration, state.run_id)
+
+
+def _finished(state: TrainState, total: int) -> bool:
+    """Whether the run is over: ``total`` iterations trained and the last epoch evaluated."""
+    return state.iteration >= total and state.batch_in_epoch == 0
+
+
+def _write_outputs(
+    dataset: str,
+    data_dir: Path,
+    loader_params: LoaderParams,
+    params: TrainParams,
+    model: torch.nn.Module,
+    kwargs: dict[str, Any],
+    state: TrainState,
+    paths: TrainPaths,
+    runtime: Runtime,
+    provenance: dict[str, Any],
+    config: dict[str, Any],
+) -> dict[str, float]:
+    """The final metrics and the model file (rank 0); returns the metrics."""
     final = dict(state.history[-1]) if state.history else {}
     if runtime.is_main:
         write_json_atomic(paths.metrics, final)
@@ -312,7 +396,7 @@ def _train(
             metrics=final,
             config=config,
         )
-    return TrainResult(final, state.history, model, state.iteration)
+    return final
 
 
 def _cuda_graphs(
@@ -387,7 +471,7 @@ def _run_epoch(
     warmup: int,
     iterations_per_epoch: int,
     progress: ProgressReporter,
-    stop: dict,
+    stop: StopRequest,
     save: Callable[[TrainState], None],
 ) -> None:
     """Train until the epoch ends, the run ends or SIGTERM; the state tracks every batch."""
@@ -404,6 +488,8 @@ def _run_epoch(
     for index, (images, labels) in enumerate(loader):
         if index < skip:
             continue  # resuming mid-epoch: the same batches, already trained on
+        if state.iteration >= total:
+            break  # resumed from a checkpoint saved at the last iteration, before evaluating
         images = images.to(device, non_blocking=True).contiguous(memory_format=torch_format)
         labels = labels.to(device, non_blocking=True)
         lr = learning_rate(
@@ -431,9 +517,9 @@ def _run_epoch(
         state.batch_in_epoch = index + 1
         progress.step(state.iteration, state.epoch, sums, lr, len(labels) * runtime.world_size)
         checkpoint_due = params.checkpoint_every and state.iteration % params.checkpoint_every == 0
-        if checkpoint_due or stop["requested"]:
+        if checkpoint_due or stop.requested:
             _store_sums(state, sums, seconds_before + time.perf_counter() - started)
-            if stop["requested"]:
+            if stop.requested:
                 return
             save(state)
         if state.iteration >= total:
