@@ -138,6 +138,7 @@ def resnet_grid(
     retry_delay_seconds: float = 30.0,
     save_experiment: bool = True,
     workspace: str | None = None,
+    persist_overrides: bool = False,
 ) -> list[dict[str, Any]]:
     """Run the pipeline once per model, as child flow runs of one grid, then summarise.
 
@@ -146,8 +147,8 @@ def resnet_grid(
             nets of depth 20, 32, 44 and 56.
         grid: The grid's name (the MLflow parent run ``grid <name>`` and tag ``grid``).
         dataset, overrides, nproc_per_node, retries, retry_delay_seconds, save_experiment,
-            workspace: As for ``resnet-pipeline``, the same for every child (``workspace``
-            within the same allowed folders).
+            workspace, persist_overrides: As for ``resnet-pipeline``, the same for every
+            child (``workspace`` within the same allowed folders).
 
     Returns:
         One entry per model: its state and, when it finished, its outcome.
@@ -179,6 +180,7 @@ def resnet_grid(
             retry_delay_seconds=retry_delay_seconds,
             save_experiment=save_experiment,
             workspace=str(root),
+            persist_overrides=persist_overrides,
             return_state=True,
         )
         outcome = state.result(raise_on_failure=False) if state.is_completed() else {}

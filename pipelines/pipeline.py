@@ -11,6 +11,7 @@ run at a time per workspace (:mod:`pipelines.workspace`) and the run's artifacts
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -19,7 +20,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import Task, flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
@@ -27,10 +28,10 @@ from pipelines.dag import git_tracked_outputs, pipeline_stages
 from pipelines.summary import publish, read_outcome
 from pipelines.workspace import (
     flow_workspace,
+    params_for_run,
     run_overrides,
     validate_params,
     workspace_lock,
-    write_params,
 )
 from resnet_mlops.tracking import RUN_TAGS_ENV
 
@@ -38,6 +39,16 @@ TRAIN_STAGE = "train"
 # torchrun's environment form of --nproc_per_node; `resnet train` honours it.
 NPROC_ENV = "PET_NPROC_PER_NODE"
 LOG_TAIL_LINES = 30
+# The MLflow run's tag holding the flow run's one-off params.yaml changes (a JSON list).
+OVERRIDES_TAG = "overrides"
+# What `dvc repro` prints after every stage for a person at a terminal: "git add dvc.lock",
+# "dvc config core.autostage true", "dvc push". The flow saves the run with `dvc exp save`, so
+# the hint is noise, repeated per stage. `dvc repro -q` would drop it but also DVC's errors
+# (it sets the log level to CRITICAL), and DVC has no setting for it alone: the lines are left
+# out of the log here (a failed stage's message still has every line).
+DVC_HINT_START = "To track the changes with git, run:"
+DVC_HINT_END = "dvc config core.autostage true"
+DVC_PUSH_HINT = "Use `dvc push` to send your updates to remote storage."
 
 
 class StageFailed(RuntimeError):
@@ -50,6 +61,24 @@ def _command_env(extra: dict[str, str]) -> dict[str, str]:
     return {**os.environ, "PATH": path, "DVC_NO_ANALYTICS": "1", **extra}
 
 
+class DvcHintFilter:
+    """Drops DVC's "to track the changes with git" hint from a stream of output lines."""
+
+    def __init__(self) -> None:
+        self._in_hint = False
+
+    def keep(self, line: str) -> bool:
+        """Whether ``line`` (without its newline) belongs in the log."""
+        text = line.strip()
+        if text == DVC_HINT_START:
+            self._in_hint = True
+        if self._in_hint:
+            self._in_hint = text != DVC_HINT_END
+            return False
+        # The hint's blank separators, and any others: an empty log record says nothing.
+        return bool(text) and text != DVC_PUSH_HINT
+
+
 def run_command(command: list[str], cwd: Path, extra_env: dict[str, str]) -> None:
     """Run ``command`` in ``cwd``, streaming its output to the Prefect log.
 
@@ -57,6 +86,7 @@ def run_command(command: list[str], cwd: Path, extra_env: dict[str, str]) -> Non
         StageFailed: it exited non-zero (its last lines are in the message).
     """
     logger = get_run_logger()
+    hint = DvcHintFilter()
     tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
     with subprocess.Popen(
         command,
@@ -71,23 +101,34 @@ def run_command(command: list[str], cwd: Path, extra_env: dict[str, str]) -> Non
         for line in process.stdout:
             line = line.rstrip()
             tail.append(line)
-            logger.info(line)
+            if hint.keep(line):
+                logger.info(line)
         code = process.wait()
     if code != 0:
         output = "\n".join(tail)
         raise StageFailed(f"{' '.join(command)} exited with {code}:\n{output}")
 
 
-# Prefect's result cache is off: it cannot see the workspace. DVC is the cache here: a stage
-# whose code, data and params are unchanged is skipped, its outputs restored from .dvc/cache.
-@task(name="stage", task_run_name="{stage}", cache_policy=NO_CACHE)
-def run_stage(stage: str, workspace: Path, extra_env: dict[str, str]) -> str:
-    """One ``dvc.yaml`` stage through DVC; a retried train stage resumes its checkpoint
-    (its command has ``--auto-resume``)."""
-    run_command(
-        [sys.executable, "-m", "dvc", "repro", "--single-item", stage], workspace, extra_env
-    )
-    return stage
+@functools.cache
+def stage_task(stage: str) -> Task[[Path, dict[str, str]], str]:
+    """The task that runs one ``dvc.yaml`` stage through DVC; a retried train stage resumes
+    its checkpoint (its command has ``--auto-resume``).
+
+    Each stage gets its own task, with its own task key: Prefect derives the key from the
+    function's name and code, so one function renamed per stage (``with_options(name=...)``)
+    gave all stages one key. The function here is named after the stage.
+    """
+
+    def run(workspace: Path, extra_env: dict[str, str]) -> str:
+        command = [sys.executable, "-m", "dvc", "repro", "--single-item", stage]
+        run_command(command, workspace, extra_env)
+        return stage
+
+    run.__name__ = run.__qualname__ = f"stage_{stage}"
+    # Prefect's result cache is off: it cannot see the workspace. DVC is the cache here: a
+    # stage whose code, data and params are unchanged is skipped, its outputs restored from
+    # .dvc/cache.
+    return task(run, name=stage, task_run_name=stage, cache_policy=NO_CACHE)
 
 
 @task(name="record-experiment", task_run_name="record-experiment", cache_policy=NO_CACHE)
@@ -127,6 +168,7 @@ def resnet_pipeline(
     retry_delay_seconds: float = 30.0,
     save_experiment: bool = True,
     workspace: str | None = None,
+    persist_overrides: bool = False,
 ) -> dict[str, Any]:
     """Run the DVC pipeline (prepare, preprocess, train, evaluate, register) in a workspace.
 
@@ -136,7 +178,10 @@ def resnet_pipeline(
         overrides: More ``key=value`` changes to ``params.yaml``, e.g.
             ``train.schedule.length=1000``. All are checked before any stage runs, then written
             into the workspace's ``params.yaml`` (as ``dvc exp run -S`` does) so that
-            ``dvc.lock`` records them.
+            ``dvc.lock`` and the run's DVC experiment record them. They are for this run
+            only: ``params.yaml`` is put back byte for byte when the run ends, unless
+            ``persist_overrides``. The MLflow run's ``overrides`` tag and the Prefect
+            summary list them.
         nproc_per_node: Training processes (GPUs) on this machine; over 1, the train stage
             runs distributed.
         run_tags: Extra tags for the MLflow training run (a grid's parent run).
@@ -146,6 +191,8 @@ def resnet_pipeline(
         workspace: The project folder (a DVC repository); default: the working directory.
             It must lie in the deployment's folder or one the worker's ``RESNET_WORKSPACES``
             lists (:func:`pipelines.workspace.flow_workspace`).
+        persist_overrides: Leave ``dataset``, ``model`` and ``overrides`` in ``params.yaml``
+            after the run, so later runs use them too.
 
     Returns:
         The outcome: model, MLflow run id and link, metrics, champion decision.
@@ -163,14 +210,18 @@ def resnet_pipeline(
         logger.info("holding workspace %s (concurrency limit %s)", root, lock)
         # Checked again: another run may have changed params.yaml while this one waited.
         tree = validate_params(root / "params.yaml", changes)
-        write_params(root / "params.yaml", changes)
-        for stage in stages:
-            run_stage.with_options(
-                name=stage, retries=retries, retry_delay_seconds=retry_delay_seconds
-            )(stage, root, stage_env(stage, run_tags, nproc_per_node))
-        if save_experiment and (root / ".git").exists():
-            record_experiment(root, experiment_name(flow_run.get_name()))
+        tags = {**(run_tags or {}), OVERRIDES_TAG: json.dumps(changes)} if changes else run_tags
+        with params_for_run(root / "params.yaml", changes, persist=persist_overrides):
+            for stage in stages:
+                stage_task(stage).with_options(
+                    retries=retries, retry_delay_seconds=retry_delay_seconds
+                )(root, stage_env(stage, tags, nproc_per_node))
+            if save_experiment and (root / ".git").exists():
+                record_experiment(root, experiment_name(flow_run.get_name()))
+        if changes and not persist_overrides:
+            logger.info("params.yaml is back as it was; this run's overrides: %s", changes)
         outcome = read_outcome(root, tree["dataset"], tree["train"]["model"])
+        outcome.overrides = changes
     publish(outcome, flow_run.get_name())
     return outcome.as_dict()
 
@@ -183,6 +234,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retries", type=int, default=2)
     parser.add_argument("--no-experiment", action="store_true", help="skip dvc exp save")
     parser.add_argument("--workspace")
+    parser.add_argument(
+        "--persist-overrides", action="store_true", help="keep the overrides in params.yaml"
+    )
 
 
 def run_arguments(args: argparse.Namespace) -> dict[str, Any]:
@@ -194,6 +248,7 @@ def run_arguments(args: argparse.Namespace) -> dict[str, Any]:
         "retries": args.retries,
         "save_experiment": not args.no_experiment,
         "workspace": args.workspace,
+        "persist_overrides": args.persist_overrides,
     }
 
 

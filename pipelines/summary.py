@@ -49,6 +49,7 @@ class RunOutcome:
     run_id: str | None
     run_link: str | None
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    overrides: list[str] = field(default_factory=list)
 
     @property
     def decision(self) -> dict[str, Any]:
@@ -64,6 +65,7 @@ class RunOutcome:
             "run_id": self.run_id,
             "run_link": self.run_link,
             "metrics": self.metrics,
+            "overrides": self.overrides,
         }
 
 
@@ -142,6 +144,9 @@ def summary_markdown(outcome: RunOutcome, flow_run: str | None = None) -> str:
         "",
         f"- Flow run: `{flow_run}`" if flow_run else None,
         f"- MLflow run: {run}",
+        f"- Overrides of params.yaml: {', '.join(f'`{o}`' for o in outcome.overrides)}"
+        if outcome.overrides
+        else None,
         f"- Registry: {champion_line(outcome.decision)}",
         "",
         "| stage | metric | value |",

@@ -20,11 +20,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from dvc.utils.serialize import modify_yaml
+from dvc.utils.serialize import dumps_yaml, parse_yaml_for_update
 from prefect import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.concurrency.sync import concurrency
@@ -32,6 +33,7 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from ruamel.yaml.comments import CommentedSeq
 
 from resnet_mlops.config import ConfigError, apply_overrides, read_yaml
+from resnet_mlops.data.io import atomic_write_bytes
 from resnet_mlops.params import check_pipeline, load_params
 
 PARAMS_FILE = "params.yaml"
@@ -133,20 +135,59 @@ def validate_params(params: Path, overrides: Sequence[str]) -> dict[str, Any]:
 
 def write_params(params: Path, overrides: Sequence[str]) -> None:
     """Write ``overrides`` into ``params`` as ``dvc exp run -S`` does: only the keys named
-    change; comments and layout stay. Nothing is written when nothing changes."""
+    change; comments and layout stay. Nothing is written when nothing changes; otherwise the
+    file is replaced whole (temporary file, then rename), never left half-written."""
     if not overrides:
         return
     current = read_yaml(params)
     tree = apply_overrides(current, list(overrides))
     if tree == current:
         return
-    with modify_yaml(str(params)) as document:
-        for override in overrides:
-            *parents, leaf = override.partition("=")[0].split(".")
-            node, value = document, tree
-            for part in parents:
-                node, value = node[part], value[part]
-            node[leaf] = _like(node.get(leaf), value[leaf])
+    # DVC's own round-trip parser and dumper, so the file reads as `dvc exp run -S` leaves it.
+    document = parse_yaml_for_update(params.read_text(), str(params))
+    for override in overrides:
+        *parents, leaf = override.partition("=")[0].split(".")
+        node, value = document, tree
+        for part in parents:
+            node, value = node[part], value[part]
+        node[leaf] = _like(node.get(leaf), value[leaf])
+    atomic_write_bytes(params, dumps_yaml(document).encode())
+
+
+@contextlib.contextmanager
+def params_for_run(params: Path, overrides: Sequence[str], persist: bool = False) -> Iterator[None]:
+    """``params`` with ``overrides`` written for the block, then as it was, byte for byte.
+
+    Why not ``dvc exp run --temp``: it runs the whole pipeline in a temporary copy, as one
+    command, so the flow would lose its per-stage tasks, their retries and the train stage's
+    resume from the workspace's checkpoint. The stages therefore run here with the overrides
+    written, and ``dvc exp save`` records them as an experiment; what the block leaves in
+    ``dvc.lock`` and the outputs is the run's result, as after ``dvc exp apply``.
+
+    Args:
+        params: The workspace's ``params.yaml``.
+        overrides: ``key=value`` changes for this run only.
+        persist: Keep the overrides in ``params.yaml`` after the block (the old behaviour).
+
+    The file is put back only if it still holds what this run wrote: someone who edited it
+    meanwhile keeps their edit (a warning says the overrides were not undone).
+    """
+    original = params.read_bytes()
+    written = original
+    try:
+        write_params(params, overrides)
+        written = params.read_bytes()
+        yield
+    finally:
+        if not persist and written != original:
+            if params.read_bytes() == written:
+                atomic_write_bytes(params, original)
+            else:
+                warnings.warn(
+                    f"{params} changed during the run: left as it is; this run's overrides "
+                    f"({', '.join(overrides)}) may still be in it",
+                    stacklevel=3,
+                )
 
 
 def _like(old: Any, new: Any) -> Any:
@@ -195,6 +236,7 @@ __all__ = [
     "check_workspace",
     "flow_workspace",
     "lock_name",
+    "params_for_run",
     "run_overrides",
     "validate_params",
     "workspace_lock",

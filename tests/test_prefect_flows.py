@@ -247,12 +247,16 @@ def test_a_deployment_from_prefect_yaml_runs_every_stage_on_a_worker(stack: Stac
     ]
     assert [s.active for s in nightly.schedules] == [False]
 
+    params = (workspace / "params.yaml").read_bytes()
     output = cli(
         "deployment",
         "run",
         "resnet-pipeline/cifar10-resnet20",
         "--param",
         "model=plain20",
+        # As the README shows: a JSON list of key=value strings.
+        "--param",
+        'overrides=["train.schedule.length=20", "train.schedule.milestones=[10]"]',
         env=stack.env,
         cwd=workspace,
     )
@@ -266,12 +270,16 @@ def test_a_deployment_from_prefect_yaml_runs_every_stage_on_a_worker(stack: Stac
     tasks = task_runs(run.id)
     assert [t.name for t in tasks] == [*stages, "record-experiment"]
     assert all(t.state.is_completed() for t in tasks)
+    assert len({t.task_key for t in tasks}) == len(tasks)  # each stage its own task
+    # The run's parameters were for that run only: params.yaml is as it was, byte for byte.
+    assert (workspace / "params.yaml").read_bytes() == params
 
     # DVC versioned the run: dvc.lock records the parameter, the outputs are in the cache,
     # and the run is a DVC experiment.
     lock = yaml.safe_load((workspace / "dvc.lock").read_text())
     assert sorted(lock["stages"]) == sorted(stages)
     assert lock["stages"]["train"]["params"]["params.yaml"]["train"]["model"] == "plain20"
+    assert lock["stages"]["train"]["params"]["params.yaml"]["train"]["schedule"]["length"] == 20
     model_out = next(o for o in lock["stages"]["train"]["outs"] if o["path"] == "models/model.pt")
     cached = workspace / ".dvc" / "cache" / "files" / "md5" / model_out["md5"][:2]
     assert (cached / model_out["md5"][2:]).is_file()
@@ -284,6 +292,12 @@ def test_a_deployment_from_prefect_yaml_runs_every_stage_on_a_worker(stack: Stac
         [e.experiment_id for e in client.search_experiments()], "tags.model = 'plain20'"
     )
     assert train_run.data.metrics["test_top1_error"] >= 0
+    # The deployment's own parameters (dataset) and the run's, as the flow applied them.
+    assert json.loads(train_run.data.tags["overrides"])[-3:] == [
+        "train.model=plain20",
+        "train.schedule.length=20",
+        "train.schedule.milestones=[10]",
+    ]
     found = artifacts(run.id)
     summary = found["cifar10-plain20-summary"]
     link = (

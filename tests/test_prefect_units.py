@@ -16,8 +16,15 @@ from conftest import PARAMS, REPO
 
 from pipelines.dag import pipeline_stages
 from pipelines.grid import resnet_grid
-from pipelines.pipeline import NPROC_ENV, experiment_name, resnet_pipeline, stage_env
-from pipelines.summary import artifact_key, run_link
+from pipelines.pipeline import (
+    NPROC_ENV,
+    DvcHintFilter,
+    experiment_name,
+    resnet_pipeline,
+    stage_env,
+    stage_task,
+)
+from pipelines.summary import RunOutcome, artifact_key, run_link, summary_markdown
 from pipelines.workspace import (
     WORKSPACES_ENV,
     ConfigError,
@@ -26,6 +33,7 @@ from pipelines.workspace import (
     check_workspace,
     flow_workspace,
     lock_name,
+    params_for_run,
     run_overrides,
     validate_params,
     write_params,
@@ -99,6 +107,99 @@ def test_written_params_keep_comments_and_change_only_the_keys_named(tmp_path: P
     assert len(after.splitlines()) == len(before.splitlines())
     write_params(params, ["train.model=resnet32"])  # no change: the file is not rewritten
     assert params.read_text() == after
+
+
+def test_a_runs_overrides_leave_params_yaml_byte_identical(tmp_path: Path) -> None:
+    params = tmp_path / "params.yaml"
+    shutil.copyfile(PARAMS, params)
+    before = params.read_bytes()
+    overrides = ["train.schedule.length=200", "train.model=plain20"]
+    with params_for_run(params, overrides):
+        during = yaml.safe_load(params.read_text())
+        assert during["train"]["schedule"]["length"] == 200
+        assert during["train"]["model"] == "plain20"
+    assert params.read_bytes() == before
+    # A failed run puts it back too.
+    with pytest.raises(RuntimeError, match="stage failed"), params_for_run(params, overrides):
+        raise RuntimeError("stage failed")
+    assert params.read_bytes() == before
+    # Every write is a rename of a whole file: no temporary file is left beside it.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+def test_overrides_stay_in_params_yaml_only_when_asked(tmp_path: Path) -> None:
+    params = tmp_path / "params.yaml"
+    shutil.copyfile(PARAMS, params)
+    with params_for_run(params, ["train.schedule.length=200"], persist=True):
+        pass
+    assert yaml.safe_load(params.read_text())["train"]["schedule"]["length"] == 200
+
+
+def test_an_edit_made_during_the_run_is_not_undone(tmp_path: Path) -> None:
+    params = tmp_path / "params.yaml"
+    shutil.copyfile(PARAMS, params)
+    edited = b"# the user's own edit\n" + PARAMS.read_bytes()
+    with (
+        pytest.warns(UserWarning, match=r"params.yaml changed during the run.*schedule"),
+        params_for_run(params, ["train.schedule.length=200"]),
+    ):
+        params.write_bytes(edited)
+    assert params.read_bytes() == edited
+
+
+def test_each_stage_is_its_own_task_with_its_own_key() -> None:
+    stages = pipeline_stages(REPO)
+    tasks = [stage_task(stage) for stage in stages]
+    assert [t.name for t in tasks] == stages
+    # Prefect's task key (what its UI and caching group task runs by) differs per stage.
+    assert len({t.task_key for t in tasks}) == len(stages)
+    assert all(t.task_key.startswith(f"stage_{s}-") for t, s in zip(tasks, stages, strict=True))
+    # The same stage is the same task in every flow run (the key is stable).
+    assert stage_task(stages[0]) is tasks[0]
+    assert stage_task(stages[0]).with_options(retries=3).task_key == tasks[0].task_key
+
+
+def test_dvcs_git_hint_is_left_out_of_the_stage_log(tmp_path: Path) -> None:
+    """Real ``dvc repro`` output, so a new DVC wording shows up here."""
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+
+    def run(*command: str) -> str:
+        # One stream, as the flow reads it.
+        result = subprocess.run(
+            command,
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            check=True,
+        )
+        return result.stdout
+
+    run("git", "init", "-q")
+    run(sys.executable, "-m", "dvc", "init", "-q")
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n  hello:\n    cmd: echo hello from the stage > out.txt\n    outs: [out.txt]\n"
+    )
+    output = run(sys.executable, "-m", "dvc", "repro", "--single-item", "hello").splitlines()
+    assert any("git add" in line for line in output), output  # the hint is there to drop
+    hint = DvcHintFilter()
+    kept = [line for line in output if hint.keep(line)]
+    assert kept == [
+        "Running stage 'hello':",
+        "> echo hello from the stage > out.txt",
+        "Generating lock file 'dvc.lock'",
+        "Updating lock file 'dvc.lock'",
+    ], output
+    assert not any(word in line for line in kept for word in ("git add", "autostage", "push"))
+
+
+def test_the_summary_lists_the_runs_overrides() -> None:
+    outcome = RunOutcome("cifar10", "plain20", "sqlite:///x.db", "abc", None)
+    assert "Overrides" not in summary_markdown(outcome)
+    outcome.overrides = ["train.model=plain20", "train.schedule.length=200"]
+    assert "`train.model=plain20`, `train.schedule.length=200`" in summary_markdown(outcome)
+    assert outcome.as_dict()["overrides"] == outcome.overrides
 
 
 def test_stage_environment_grid_tags_and_processes_per_node() -> None:
