@@ -29,6 +29,17 @@ def _tracking_uri() -> str:
     return tracking_uri(Path.cwd())
 
 
+def _registry_uri() -> str:
+    """The registry for ``pull``/``predict``: one that exists, else a one-line error (exit 1)."""
+    from resnet_mlops.registry.connection import RegistryError, existing_registry_uri
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    try:
+        return existing_registry_uri(Path.cwd())
+    except RegistryError as error:
+        _fail(str(error))
+
+
 def _reason(error: Exception) -> str:
     """The first line of an error MLflow raised after the server answered (permissions, ...)."""
     lines = str(error).strip().splitlines()
@@ -95,7 +106,7 @@ def pull_command(
     from resnet_mlops.registry.connection import RegistryError, parse_model_uri
     from resnet_mlops.registry.pull import CARD_FILE, pull
 
-    uri = _tracking_uri()
+    uri = _registry_uri()
     try:
         version = pull(MlflowClient(uri), parse_model_uri(model), uri, out, force=force)
     except (RegistryError, OutputError) as error:
@@ -123,7 +134,9 @@ def predict_command(
 
     try:
         encoded = read_images(images)
-        predictor = load_predictor(model, _tracking_uri())
+        # A local folder or model file needs no store: none is looked up (or created) for it.
+        uri = _registry_uri() if model.startswith("models:/") else ""
+        predictor = load_predictor(model, uri)
     except (RegistryError, CheckpointError) as error:
         _fail(str(error))
     except MlflowException as error:

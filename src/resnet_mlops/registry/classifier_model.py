@@ -6,10 +6,23 @@ never ``resnet_mlops``. The network is a ``torch.export`` program (``network.pt2
 preprocessing a JSON description (``preprocessing.json``), both model artifacts.
 
 Input: a DataFrame with one column ``image`` holding each image's encoded file bytes (JPEG, PNG
-or anything Pillow reads; any size, colour or grayscale). Over HTTP (``mlflow models serve``)
-the column is declared binary, so send the bytes base64-encoded::
+or anything Pillow reads; any size, colour or grayscale), or the same bytes base64-encoded (as
+``str`` or ``bytes``). Over HTTP (``mlflow models serve``) send base64 in any of the forms
+MLflow's scoring server takes::
 
     {"dataframe_split": {"columns": ["image"], "data": [["<base64 of a .jpg file>"]]}}
+    {"dataframe_records": [{"image": "<base64>"}]}
+    {"inputs": {"image": ["<base64>", ...]}}      {"inputs": ["<base64>", ...]}
+    {"instances": [{"image": "<base64>"}]}        {"instances": ["<base64>", ...]}
+    text/csv with a header line ``image`` and one base64 string per line
+
+MLflow (3.x) base64-decodes the binary column only for ``dataframe_split``/``records``; for
+``inputs``/``instances`` it hands the base64 text over as bytes and for CSV as ``str``, so a
+cell made only of base64 characters is decoded here. Encoded image files are never pure base64
+(PNG, JPEG, GIF, BMP and PPM headers hold bytes outside its alphabet), so nothing is decoded twice.
+
+A row that is not an image is refused with one line naming the row and the reason, which
+``mlflow models serve`` returns as the message of a 400 (see :class:`ImageInputError`).
 
 Images over ``MAX_PIXELS`` pixels (Pillow's own decompression-bomb threshold, 0.25 GiB as RGB,
 and the default of the prepare stage's ``max_pixels``, so any image the data stages accept is
@@ -29,6 +42,8 @@ image or per-channel mean and ``scale`` is 1 / the per-channel standard deviatio
 
 from __future__ import annotations
 
+import base64
+import binascii
 import io
 import json
 import math
@@ -41,11 +56,56 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from PIL import Image, UnidentifiedImageError
 
 INPUT_COLUMN = "image"
 FORMAT = "resnet-mlops/preprocessing/1"
 MAX_PIXELS = 89_478_485
+
+
+class ImageInputError(MlflowException, ValueError):
+    """A row's image cannot be used; the message is one line naming the row and the reason.
+
+    An :class:`MlflowException` with a 400 code, because MLflow's scoring server (3.x,
+    ``scoring_server.invocations``) answers any other exception from ``predict`` with a generic
+    "unexpected error" and a stack trace. The server also rewrites an ``MlflowException``'s
+    message to ``Failed to predict data '<the whole input>'. Error: ...``, many lines of base64;
+    the message here ignores that rewrite so the client reads the one line alone. A
+    ``ValueError`` too, for callers of ``predict`` in Python.
+    """
+
+    def __init__(self, message: str) -> None:
+        self._line = message
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
+
+    @property
+    def message(self) -> str:  # type: ignore[override]
+        """The one line given; assignments (the scoring server's rewrite) are ignored."""
+        return self._line
+
+    @message.setter
+    def message(self, value: str) -> None:
+        pass
+
+
+def image_bytes(cell: Any) -> bytes:
+    """The encoded image in one input cell: raw file bytes, or base64 of them (``str``/``bytes``).
+
+    Raises:
+        TypeError: neither bytes nor text.
+    """
+    if isinstance(cell, str):
+        cell = cell.encode("ascii", "replace")  # non-ASCII text is not base64; "?" keeps it so
+    if not isinstance(cell, (bytes, bytearray, memoryview)):
+        raise TypeError(f"expected encoded image bytes or base64 text, got {type(cell).__name__}")
+    data = bytes(cell)
+    try:
+        # validate=True: any byte outside the base64 alphabet means raw file bytes.
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        return data
 
 
 def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
@@ -158,16 +218,18 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         """Class probabilities for each row's encoded image.
 
         Raises:
-            ValueError: no ``image`` column, or an image that cannot be decoded (its row named).
+            ImageInputError: no ``image`` column, or a row that is not a decodable image (named).
         """
         if not isinstance(model_input, pd.DataFrame) or INPUT_COLUMN not in model_input:
-            raise ValueError(f"expected a DataFrame with an {INPUT_COLUMN!r} column of image bytes")
+            raise ImageInputError(
+                f"expected a DataFrame with an {INPUT_COLUMN!r} column of image bytes or base64"
+            )
         images = []
-        for row, data in enumerate(model_input[INPUT_COLUMN]):
+        for row, cell in enumerate(model_input[INPUT_COLUMN]):
             try:
-                images.append(decode_image(bytes(data), self.scorer.max_pixels))
+                images.append(decode_image(image_bytes(cell), self.scorer.max_pixels))
             except (ValueError, TypeError) as error:
-                raise ValueError(f"row {row}: {error}") from None
+                raise ImageInputError(f"row {row}: {error}") from None
         probabilities = self.scorer.probabilities(images)
         return pd.DataFrame(probabilities, columns=self.scorer.classes)
 

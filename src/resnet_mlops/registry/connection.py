@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from resnet_mlops.tracking.connection import short_http_limits
+from resnet_mlops.tracking.connection import SQLITE_FILE, default_tracking_uri, short_http_limits
 from resnet_mlops.tracking.uploader import describe, is_permanent
 
 CHAMPION = "champion"
@@ -20,6 +22,33 @@ CHALLENGER = "challenger"
 
 class RegistryError(Exception):
     """A registry problem a user can fix; the message is one line naming the model or server."""
+
+
+def existing_registry_uri(cwd: Path) -> str:
+    """The registry a reading command (``pull``, ``predict models:/...``) uses; never creates one.
+
+    ``MLFLOW_TRACKING_URI`` if set; else the project's embedded store (``<project>/mlflow.db``),
+    but only if it exists. MLflow's client would create an empty SQLite database on first use, so
+    ``resnet pull`` run in any folder would leave an ``mlflow.db`` there and then report an
+    empty registry.
+
+    Args:
+        cwd: The folder the command runs in (a project, or a DVC experiment's copy of one).
+
+    Raises:
+        RegistryError: no variable and no database; the message says how to configure one.
+    """
+    if uri := os.environ.get("MLFLOW_TRACKING_URI"):
+        return uri
+    uri = default_tracking_uri(cwd)
+    database = Path(uri.removeprefix("sqlite:///"))
+    if database.is_file():
+        return uri
+    raise RegistryError(
+        f"no MLflow tracking server or registry is configured: MLFLOW_TRACKING_URI is not set and "
+        f"there is no {database}; set MLFLOW_TRACKING_URI=http://<host>:<port> (or "
+        f"sqlite:///<path>/{SQLITE_FILE}), or run `dvc repro` in the project to create its registry"
+    )
 
 
 @contextlib.contextmanager

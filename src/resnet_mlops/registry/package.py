@@ -38,8 +38,9 @@ PREPROCESSING_FILE = "preprocessing.json"
 
 INPUT_DESCRIPTION = (
     f"pandas DataFrame with one column {INPUT_COLUMN!r}: each row an encoded image file's bytes "
-    "(JPEG, PNG; any size, RGB or grayscale); over HTTP base64-encoded, e.g. "
-    f'{{"dataframe_split": {{"columns": ["{INPUT_COLUMN}"], "data": [["<base64>"]]}}}}'
+    "(JPEG, PNG; any size, RGB or grayscale) or their base64; over HTTP base64-encoded, e.g. "
+    f'{{"dataframe_split": {{"columns": ["{INPUT_COLUMN}"], "data": [["<base64>"]]}}}}, '
+    f'{{"inputs": {{"{INPUT_COLUMN}": ["<base64>"]}}}} or CSV with an {INPUT_COLUMN!r} column'
 )
 OUTPUT_DESCRIPTION = "pandas DataFrame, one float column per class: softmax probabilities"
 
