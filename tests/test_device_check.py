@@ -174,7 +174,7 @@ def test_dry_run_writes_every_record(tmp_path: Path, carried: Path) -> None:
     command = ["bash", str(DEVICE / "run.sh"), "--dry-run", "--commit", "0123abc"]
     # The GPU changes what these stages run on; register and report (MLflow only) are the
     # ones tests/test_dvc_pipeline.py runs, and take a minute more here.
-    stages = "prepare,preprocess,train,evaluate"
+    stages = "params,prepare,preprocess,train,evaluate"
     done = subprocess.run(
         [*command, "--work", str(tmp_path / "work"), "--dvc-stages", stages],
         capture_output=True,

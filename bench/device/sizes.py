@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-DVC_STAGES = ("prepare", "preprocess", "train", "evaluate", "register", "report")
+DVC_STAGES = ("params", "prepare", "preprocess", "train", "evaluate", "register", "report")
 
 
 @dataclass(frozen=True)
