@@ -1,6 +1,7 @@
 """The pipeline flow: every ``dvc.yaml`` stage as one Prefect task, run through ``dvc repro``.
 
-    python -m pipelines.pipeline --model resnet32 --override train.schedule.length=1000
+    python -m pipelines.pipeline --model resnet32 --override train.schedule.length=1000 \
+        --override 'train.schedule.milestones=[500,750]'
 
 Each task runs ``dvc repro --single-item <stage>``, so DVC decides whether the stage must run
 (its deps and params changed) and records it in ``dvc.lock``; the stage's ``resnet`` command

@@ -240,7 +240,8 @@ def test_train_against_a_dead_server_warns_and_sync_sends_the_whole_run(
         *(sys.executable, "-m", "resnet_mlops.cli", "train", "--params", str(PARAMS)),
         *("--data", str(small_cifar), "--out", str(out)),
         *("--metrics", str(tmp_path / "train.json"), "--history", str(tmp_path / "h.json")),
-        *("train.batch_size=32", "train.schedule.length=3", "train.checkpoint_every=0"),
+        *("train.batch_size=32", "train.schedule.length=3", "train.schedule.milestones=[]"),
+        "train.checkpoint_every=0",
         "loader.num_threads=1",
     ]
     trained = subprocess.run(train, env=env, capture_output=True, text=True, cwd=tmp_path)
