@@ -306,8 +306,10 @@ def test_training_on_a_full_disk_is_one_line_naming_the_file(small_cifar: Path, 
     assert result.exit_code == 1, (result.stdout, result.stderr, result.exception)
     (line,) = result.stderr.strip().splitlines()
     assert re.fullmatch(rf"error: {re.escape(str(disk))}/\S+: no space left on device", line)
-    # Nothing half-written: no temporary file, no output that a later run could mistake.
-    assert [p.name for p in disk.rglob("*") if p.is_file()] == ["filler"]
+    # Nothing half-written: no temporary file, no output that a later run could mistake (the
+    # output folder's lock file stays, empty: it holds no output).
+    left = sorted(p.relative_to(disk).as_posix() for p in disk.rglob("*") if p.is_file())
+    assert left == ["filler", "models/.lock"] and not (disk / "models" / ".lock").stat().st_size
 
 
 def test_an_mlflow_download_onto_a_full_disk_is_a_local_error_not_mlflow(

@@ -46,8 +46,14 @@ def lock_output(out: Path) -> Iterator[Path]:
                 raise
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             raise OutputBusy(f"{out}: in use by another resnet train (pid {holder})") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as error:
+            # A full disk: the lock holds without the pid (a second writer then sees "pid
+            # unknown"); the first output that needs the space names itself in the error.
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
         yield path
     finally:
         os.close(fd)  # releases the lock
