@@ -188,7 +188,9 @@ def test_report_errors_are_one_line(grid, tmp_path: Path) -> None:
         f"{EXPERIMENT!r}"
     )
     code, output = run("--experiment", EXPERIMENT, "report.response_images=0")
-    assert code == 2 and "report.response_images: must be at least 1" in output
+    assert (
+        code == 2 and "report.response_images: input should be greater than or equal to 1" in output
+    )
     with pytest.raises(ReportError, match="no MLflow experiment"):
         build_report(grid["uri"], tmp_path, experiment="missing")
     assert not (tmp_path / "report.html").exists()
