@@ -39,15 +39,15 @@ import torch.nn.functional as F
 SRC = Path(__file__).resolve().parents[1] / "src"
 sys.path.insert(0, str(SRC))
 
-from resnet_mlops.config import load_sections  # noqa: E402
 from resnet_mlops.data.loaders import LoaderParams  # noqa: E402
 from resnet_mlops.data.prepare import PrepareParams, prepare  # noqa: E402
 from resnet_mlops.data.preprocess import PreprocessParams, preprocess  # noqa: E402
+from resnet_mlops.engine.artifact import model_kwargs  # noqa: E402
 from resnet_mlops.models import build_model  # noqa: E402
-from resnet_mlops.train.artifact import model_kwargs  # noqa: E402
-from resnet_mlops.train.entry import data_version  # noqa: E402
+from resnet_mlops.params.base import load_sections  # noqa: E402
+from resnet_mlops.params.train import TrainParams  # noqa: E402
+from resnet_mlops.stages.train import data_version  # noqa: E402
 from resnet_mlops.train.loop import Interrupted, TrainPaths, train  # noqa: E402
-from resnet_mlops.train.params import TrainParams  # noqa: E402
 
 PARAMS = Path("params.yaml")
 RECIPE = ["dataset=cifar10", "preprocess.cifar10.val_size=0"]  # studies.yaml's cifar10 recipe

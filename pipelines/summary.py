@@ -15,9 +15,9 @@ from typing import Any
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from resnet_mlops.engine.checkpoint import load_checkpoint
 from resnet_mlops.tracking import tracking_uri  # where the stages record their runs
 from resnet_mlops.tracking.connection import short_http_limits
-from resnet_mlops.train.checkpoint import load_checkpoint
 
 MODEL_FILE = Path("models/model.pt")
 METRICS = {

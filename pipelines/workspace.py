@@ -32,9 +32,9 @@ from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from ruamel.yaml.comments import CommentedSeq
 
-from resnet_mlops.config import ConfigError, apply_overrides, read_yaml
-from resnet_mlops.data.io import atomic_write_bytes
+from resnet_mlops.io import atomic_write_bytes
 from resnet_mlops.params import check_pipeline, load_params
+from resnet_mlops.params.base import ConfigError, apply_overrides, read_yaml
 
 PARAMS_FILE = "params.yaml"
 # Set on the worker by its operator, never a flow parameter: more folders flows may run in.

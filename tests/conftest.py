@@ -146,9 +146,9 @@ def http_root(tmp_path: Path) -> Iterator[tuple[Path, str]]:
 def small_cifar(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small real CIFAR-10 (50 train and 10 test images per class from the mirror), run
     through the real prepare and preprocess stages (100 images held out for validation)."""
-    from resnet_mlops.config import load_stage_params
     from resnet_mlops.data.prepare import PrepareParams, prepare
     from resnet_mlops.data.preprocess import PreprocessParams, preprocess
+    from resnet_mlops.params.base import load_stage_params
 
     wanted = {"train": 50, "test": 10}
     found: dict[str, dict[str, list[bytes]]] = {"train": {}, "test": {}}

@@ -14,8 +14,8 @@ import pytest
 from conftest import PARAMS, tar_folder, write_class_folders
 from test_data_cifar10 import prepare_params
 
-from resnet_mlops.data.errors import DataError
 from resnet_mlops.data.prepare import prepare
+from resnet_mlops.errors import DataError
 
 
 def run_prepare(tmp: Path, source: Path, *overrides: str) -> dict:

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from conftest import PARAMS, REPO, official_cifar_archive, tar_folder, write_class_folders
 
-from resnet_mlops.config import ConfigError, load_stage_params
 from resnet_mlops.data import cifar10
 from resnet_mlops.data.cifar10 import CLASSES
-from resnet_mlops.data.errors import DataError
 from resnet_mlops.data.prepare import PrepareParams, prepare
 from resnet_mlops.data.preprocess import PreprocessParams, preprocess
+from resnet_mlops.errors import DataError
+from resnet_mlops.params.base import ConfigError, load_stage_params
 
 
 def prepare_params(*overrides: str) -> PrepareParams:

@@ -14,10 +14,10 @@ import pytest
 from conftest import IMAGENET_SAMPLE, PARAMS
 from PIL import Image
 
-from resnet_mlops.config import load_stage_params
-from resnet_mlops.data.errors import DataError
 from resnet_mlops.data.prepare import PrepareParams, prepare
 from resnet_mlops.data.preprocess import PreprocessParams, preprocess
+from resnet_mlops.errors import DataError
+from resnet_mlops.params.base import load_stage_params
 
 
 def run_stages(tmp: Path, source: Path, *preprocess_overrides: str) -> tuple[Path, Path]:

@@ -13,8 +13,8 @@ from conftest import PARAMS
 from mlflow import MlflowClient
 from mlflow_server import free_port
 
-from resnet_mlops.train.artifact import load_model
-from resnet_mlops.train.checkpoint import load_checkpoint
+from resnet_mlops.engine.artifact import load_model
+from resnet_mlops.engine.checkpoint import load_checkpoint
 from resnet_mlops.train.launch import launch_requested, torchrun_command
 
 RESNET = str(Path(sys.executable).with_name("resnet"))

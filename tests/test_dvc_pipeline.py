@@ -17,9 +17,9 @@ import yaml
 from conftest import CIFAR_MIRROR, PARAMS, copy_project
 from mlflow import MlflowClient
 
-from resnet_mlops.config import apply_overrides, read_yaml
-from resnet_mlops.train.checkpoint import peek_checkpoint
-from resnet_mlops.train.entry import run_training
+from resnet_mlops.engine.checkpoint import peek_checkpoint
+from resnet_mlops.params.base import apply_overrides, read_yaml
+from resnet_mlops.stages.train import run_training
 
 STAGES = ("params", "prepare", "preprocess", "train", "evaluate", "register", "report")
 NAME = "dvc-test-classifier"

@@ -33,7 +33,7 @@ from conftest import PARAMS, copy_project
 from mlflow import MlflowClient
 from test_dvc_pipeline import GIT_IDENTITY, class_folders
 
-from resnet_mlops.config import apply_overrides, read_yaml
+from resnet_mlops.params.base import apply_overrides, read_yaml
 
 NAME = "fault-test-classifier"
 TARGET = "register"  # the report stage reads MLflow as a whole: not part of this comparison

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import torch
 
 from pipelines.summary import RunOutcome, metrics_rows
-from resnet_mlops.evaluation.metrics import EvalResult, percent
+from resnet_mlops.engine.metrics import EvalResult, percent
 from resnet_mlops.registry.pull import model_card
 
 

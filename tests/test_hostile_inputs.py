@@ -25,19 +25,19 @@ from data_fixtures import cifar_images, imagenet_jpegs, write_cifar10_dir
 from PIL import Image
 from test_data_cifar10 import prepare_params, preprocess_params
 
-from resnet_mlops.config import ConfigError, load_stage_params
-from resnet_mlops.data.errors import DataError
 from resnet_mlops.data.loaders import LoaderParams, build_loader
 from resnet_mlops.data.prepare import PrepareParams, prepare
 from resnet_mlops.data.preprocess import preprocess
 from resnet_mlops.data.sources import verify_archive
-from resnet_mlops.evaluation.entry import EvalPaths, EvaluateParams, evaluate
+from resnet_mlops.engine.artifact import model_kwargs, save_model
+from resnet_mlops.errors import DataError
 from resnet_mlops.models import build_model
+from resnet_mlops.params.base import ConfigError, load_stage_params
 from resnet_mlops.registry.classifier_model import ImageClassifier, ImageScorer
 from resnet_mlops.registry.connection import RegistryError
 from resnet_mlops.registry.package import preprocessing_spec
 from resnet_mlops.registry.predict import read_images
-from resnet_mlops.train.artifact import model_kwargs, save_model
+from resnet_mlops.stages.evaluate import EvalPaths, EvaluateParams, evaluate
 from resnet_mlops.train.loop import _eval_split
 
 GIB = 2**30

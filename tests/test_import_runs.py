@@ -14,13 +14,13 @@ import torch.nn.functional as F
 from conftest import PARAMS
 from mlflow import MlflowClient
 
-from resnet_mlops.config import load_sections
 from resnet_mlops.data.loaders import LoaderParams
+from resnet_mlops.engine.artifact import model_kwargs, save_model
 from resnet_mlops.models import build_model
+from resnet_mlops.params.base import load_sections
+from resnet_mlops.params.train import TrainParams
 from resnet_mlops.report.runs import find_runs
-from resnet_mlops.train.artifact import model_kwargs, save_model
 from resnet_mlops.train.loop import TrainPaths, train
-from resnet_mlops.train.params import TrainParams
 
 SMALL = [
     "train.batch_size=32",

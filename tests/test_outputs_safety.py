@@ -24,15 +24,15 @@ from test_data_cifar10 import prepare_params, preprocess_params
 from typer.testing import CliRunner
 
 from resnet_mlops.cli import app
-from resnet_mlops.data.io import (
+from resnet_mlops.data.prepare import prepare
+from resnet_mlops.data.preprocess import preprocess
+from resnet_mlops.engine.checkpoint import save_checkpoint
+from resnet_mlops.io import (
     OUTPUT_MARKER,
     OutputError,
     atomic_directory,
     write_json_atomic,
 )
-from resnet_mlops.data.prepare import prepare
-from resnet_mlops.data.preprocess import preprocess
-from resnet_mlops.train.checkpoint import save_checkpoint
 
 
 @pytest.fixture

@@ -15,9 +15,10 @@ import torch
 from conftest import PARAMS
 from typer.testing import CliRunner
 
-from resnet_mlops.cli import PARAMS_CHECKED, app
-from resnet_mlops.config import ConfigError, apply_overrides, read_yaml, to_dict
+from resnet_mlops.cli import app
 from resnet_mlops.params import Params, check_pipeline, load_params
+from resnet_mlops.params.base import ConfigError, apply_overrides, read_yaml, to_dict
+from resnet_mlops.stages.params import PARAMS_CHECKED
 
 
 def error_of(overrides: list[str], path: Path = PARAMS) -> str:

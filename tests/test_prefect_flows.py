@@ -37,7 +37,7 @@ from test_dvc_pipeline import GIT_IDENTITY, SHRINK, class_folders
 
 from pipelines.dag import pipeline_stages
 from pipelines.workspace import WORKSPACES_ENV
-from resnet_mlops.config import apply_overrides, read_yaml
+from resnet_mlops.params.base import apply_overrides, read_yaml
 
 pytestmark = pytest.mark.slow
 
@@ -389,7 +389,7 @@ def test_a_preempted_train_stage_is_retried_and_resumes_its_checkpoint(
     stack: Stack, stage_env: None
 ) -> None:
     from pipelines.pipeline import resnet_pipeline
-    from resnet_mlops.train.checkpoint import load_checkpoint
+    from resnet_mlops.engine.checkpoint import load_checkpoint
 
     workspace = stack.workspace
     checkpoint = workspace / "models" / "checkpoint.pt"

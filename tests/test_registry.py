@@ -29,7 +29,8 @@ from mlflow import MlflowClient
 from mlflow_server import MlflowServer, free_port, start_mlflow_server
 from PIL import Image
 
-from resnet_mlops.data.io import describe_outputs
+from resnet_mlops.engine.artifact import load_model
+from resnet_mlops.io import describe_outputs
 from resnet_mlops.registry.champion import Standing, decide
 from resnet_mlops.registry.classifier_model import ImageScorer, decode_image, resize_and_crop
 from resnet_mlops.registry.connection import (
@@ -42,7 +43,6 @@ from resnet_mlops.registry.register import RegisterParams, RegisterPaths, regist
 from resnet_mlops.registry.scoring import split_version, top1_error
 from resnet_mlops.tracking import default_tracking_uri
 from resnet_mlops.tracking.connection import project_root
-from resnet_mlops.train.artifact import load_model
 
 NAME = "test-classifier"
 # The real params.yaml, shrunk: a few dozen iterations of ResNet-20 on the small data.
@@ -125,8 +125,8 @@ def trained(
     server: MlflowServer, small_cifar: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, Path]:
     """A small ResNet-20 trained and evaluated with the real stages, tracked on the server."""
-    from resnet_mlops.evaluation.entry import EvalPaths, run_evaluation
-    from resnet_mlops.train.entry import run_training
+    from resnet_mlops.stages.evaluate import EvalPaths, run_evaluation
+    from resnet_mlops.stages.train import run_training
 
     tmp = tmp_path_factory.mktemp("trained")
     previous = os.environ["MLFLOW_TRACKING_URI"]

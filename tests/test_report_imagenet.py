@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 from conftest import IMAGENET_SAMPLE, PARAMS, REPO
 
-from resnet_mlops.config import load_stage_params
 from resnet_mlops.data.prepare import PrepareParams, prepare
 from resnet_mlops.data.preprocess import PreprocessParams, preprocess
-from resnet_mlops.evaluation.entry import EvalPaths, run_evaluation
+from resnet_mlops.params.base import load_stage_params
 from resnet_mlops.report import build_report
 from resnet_mlops.report.studies import load_studies
-from resnet_mlops.train.entry import run_training
+from resnet_mlops.stages.evaluate import EvalPaths, run_evaluation
+from resnet_mlops.stages.train import run_training
 
 CLASSES = 6
 EXPERIMENT = "report-imagenet-test"

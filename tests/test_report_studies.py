@@ -10,7 +10,7 @@ from conftest import PARAMS, REPO
 from typer.testing import CliRunner
 
 from resnet_mlops.cli import app
-from resnet_mlops.config import ConfigError, load_sections
+from resnet_mlops.params.base import ConfigError, load_sections
 from resnet_mlops.report.studies import load_studies, validate_study
 
 STUDIES = REPO / "studies.yaml"

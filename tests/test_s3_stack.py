@@ -30,7 +30,7 @@ from mlflow_server import MlflowServer, free_port, start_mlflow_server
 from test_dvc_pipeline import SHRINK, class_folders, run
 from test_mlflow_postgres import Postgres, postgres  # noqa: F401 (the fixture)
 
-from resnet_mlops.config import apply_overrides, read_yaml
+from resnet_mlops.params.base import apply_overrides, read_yaml
 
 boto3 = pytest.importorskip("boto3", reason="pip install -e '.[dev]' (boto3, dvc-s3, moto)")
 

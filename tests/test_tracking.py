@@ -24,8 +24,8 @@ from conftest import REPO
 from mlflow import MlflowClient
 from mlflow_server import MlflowServer, free_port, mlflow_server, start_mlflow_server
 
-from resnet_mlops.config import ConfigError
 from resnet_mlops.models import build_model
+from resnet_mlops.params.base import ConfigError
 from resnet_mlops.tracking import (
     DATA_VERSION_TAG,
     RUN_TAGS_ENV,

@@ -26,6 +26,7 @@ from conftest import PARAMS
 from mlflow import MlflowClient
 from mlflow_server import free_port, mlflow_server
 
+from resnet_mlops.engine.artifact import load_model
 from resnet_mlops.tracking import (
     RunTracker,
     default_tracking_uri,
@@ -35,7 +36,6 @@ from resnet_mlops.tracking import (
 from resnet_mlops.tracking.connection import HTTP_LIMITS
 from resnet_mlops.tracking.history import RunStart, Upload, read_journal
 from resnet_mlops.tracking.tracker import PENDING_DIR, STAGING_PREFIX
-from resnet_mlops.train.artifact import load_model
 
 CONFIG = {"train": {"model": "resnet20", "lr": 0.1}, "seed": 0}
 

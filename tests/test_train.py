@@ -17,11 +17,11 @@ import torch
 from conftest import PARAMS
 from mlflow import MlflowClient
 
-from resnet_mlops.config import load_sections
-from resnet_mlops.evaluation.entry import EvalPaths, run_evaluation
-from resnet_mlops.train.artifact import load_model
-from resnet_mlops.train.entry import run_training
-from resnet_mlops.train.params import OptimizerParams, ScheduleParams, TrainParams
+from resnet_mlops.engine.artifact import load_model
+from resnet_mlops.params.base import load_sections
+from resnet_mlops.params.train import OptimizerParams, ScheduleParams, TrainParams
+from resnet_mlops.stages.evaluate import EvalPaths, run_evaluation
+from resnet_mlops.stages.train import run_training
 from resnet_mlops.train.schedule import learning_rate, warmup_iterations
 
 # The real params.yaml, shrunk: a few dozen iterations of ResNet-20 on the small data.
@@ -281,7 +281,7 @@ def test_resume_problems_are_one_line_errors_and_overwrite_nothing(
     assert line.startswith(f"error: {models}/checkpoint.pt: corrupt or not a checkpoint")
     assert (models / "checkpoint.pt").read_bytes() == b"\x80\x02garbage"
 
-    from resnet_mlops.train.checkpoint import save_checkpoint
+    from resnet_mlops.engine.checkpoint import save_checkpoint
 
     save_checkpoint(models / "checkpoint.pt", {"model": "resnet56"})
     before = (models / "checkpoint.pt").read_bytes()
@@ -333,8 +333,8 @@ def test_torchrun_two_cpu_processes_with_gloo(tmp_path: Path, small_cifar: Path)
 
 
 def test_ten_crop_evaluation_averages_the_softmax_over_crops() -> None:
-    from resnet_mlops.evaluation.metrics import evaluate_model
-    from resnet_mlops.train.runtime import Runtime
+    from resnet_mlops.engine.metrics import evaluate_model
+    from resnet_mlops.engine.runtime import Runtime
 
     class CropScores(torch.nn.Module):
         """Logits read off the input: crop k of image i votes for class (i + k) % 3."""

@@ -18,10 +18,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from resnet_mlops.config import load_sections
-from resnet_mlops.data.errors import DataError
 from resnet_mlops.data.prepare import PrepareParams, prepare
 from resnet_mlops.data.preprocess import PreprocessParams, preprocess
+from resnet_mlops.errors import DataError
+from resnet_mlops.params.base import load_sections
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "bench"))  # bench/ is scripts, not a package

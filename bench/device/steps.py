@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from sizes import Sizes
 
-from resnet_mlops.config import apply_overrides, load_sections, read_yaml
 from resnet_mlops.data.loaders import LoaderParams, build_loader
 from resnet_mlops.models import build_model
+from resnet_mlops.params.base import apply_overrides, load_sections, read_yaml
 
 REPO = Path(__file__).resolve().parents[2]
 # What `dvc repro` needs of the project (tests/conftest.py's PROJECT_FILES) besides src/.
@@ -231,9 +231,9 @@ def cifar_recipe(
     device through the DALI pipeline; CUDA graphs. At the budget the run gets SIGTERM, which
     ``train()`` answers with a checkpoint that ``resnet train --resume`` continues.
     """
-    from resnet_mlops.train.entry import data_version
+    from resnet_mlops.params.train import TrainParams
+    from resnet_mlops.stages.train import data_version
     from resnet_mlops.train.loop import Interrupted, TrainPaths, train
-    from resnet_mlops.train.params import TrainParams
 
     started = time.perf_counter()
     data = prepare_cifar10(archive, work / "cifar10")
@@ -437,8 +437,8 @@ def ten_crop_evaluation(
     The model is an untrained ResNet-50 written as a model file: the figures are the speed of
     the evaluation path and that it runs, not an accuracy.
     """
-    from resnet_mlops.evaluation.entry import EvalPaths, EvaluateParams, evaluate
-    from resnet_mlops.train.artifact import model_kwargs, save_model
+    from resnet_mlops.engine.artifact import model_kwargs, save_model
+    from resnet_mlops.stages.evaluate import EvalPaths, EvaluateParams, evaluate
 
     index = json.loads((data / "index.json").read_text())
     classes = list(index["classes"])

@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from resnet_mlops.data.errors import DataError
 from resnet_mlops.data.images import DEFAULT_MAX_PIXELS, BadImage, decode_rgb
 from resnet_mlops.data.parallel import ordered_map
 from resnet_mlops.data.sources import Problem
+from resnet_mlops.errors import DataError
 
 # The official label order, which is also alphabetical.
 CLASSES = (

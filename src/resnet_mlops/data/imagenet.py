@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 
-from resnet_mlops.data.errors import DataError
 from resnet_mlops.data.images import (
     DEFAULT_MAX_PIXELS,
     BadImage,
@@ -23,6 +22,7 @@ from resnet_mlops.data.images import (
 )
 from resnet_mlops.data.parallel import ordered_map
 from resnet_mlops.data.sources import Problem
+from resnet_mlops.errors import DataError
 
 SPLITS = ("train", "val")
 SYNSET_FILES = ("LOC_synset_mapping.txt", "synset_words.txt")

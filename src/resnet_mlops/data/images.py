@@ -11,11 +11,10 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from resnet_mlops.params.prepare import DEFAULT_MAX_PIXELS
+
 # Formats and modes the decoders (DALI's nvJPEG / libjpeg-turbo, torchvision) read as they are.
 DECODER_MODES = {"RGB", "L"}
-# Pillow's own decompression-bomb threshold (Image.MAX_IMAGE_PIXELS: 0.25 GiB as 24-bit RGB),
-# kept as the default cap: every image Pillow decoded without a warning before still passes.
-DEFAULT_MAX_PIXELS = 89_478_485
 
 
 @dataclass(frozen=True)

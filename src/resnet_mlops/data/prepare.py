@@ -5,21 +5,9 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from pydantic import Field
-
-from resnet_mlops.config import Section, matching
 from resnet_mlops.data import cifar10, imagenet
-from resnet_mlops.data.errors import DataError
-from resnet_mlops.data.images import DEFAULT_MAX_PIXELS
-from resnet_mlops.data.io import (
-    atomic_directory,
-    check_output_folder,
-    describe_outputs,
-    save_array,
-    write_json_atomic,
-)
 from resnet_mlops.data.sources import (
     Problem,
     check_readable,
@@ -28,54 +16,19 @@ from resnet_mlops.data.sources import (
     iter_source_files,
     verify_archive,
 )
-
-Dataset = Literal["cifar10", "imagenet"]
-
-
-class Cifar10Source(Section):
-    """Where CIFAR-10 comes from.
-
-    ``source: auto`` takes the team's mirror when it exists (machines without internet) and
-    otherwise downloads the official archive from ``url``. A URL, an archive (the official
-    pickled batches or class folders) or a folder of class folders may be named instead.
-    """
-
-    source: Annotated[str, Field(min_length=1)]
-    mirror: str
-    url: str
-    # checked for downloads and official-format archives; "" skips the check
-    md5: Annotated[str, matching("([0-9a-f]{32})?", '32 lowercase hex digits or ""')]
-
-
-class ImagenetSource(Section):
-    """Where ImageNet-layout data comes from: a folder or tar archive holding ``train/<wnid>/``
-    and ``val/<wnid>/``, or a single folder of ``<wnid>/`` class folders (like the sample)."""
-
-    source: Annotated[str, Field(min_length=1)]
-    # "" for none; a SHA256SUMS file beside an archive is checked anyway
-    sha256: Annotated[str, matching("([0-9a-f]{64})?", '64 lowercase hex digits or ""')]
-
-
-# The default byte cap of one source file: twice the largest file a real source holds (an
-# official CIFAR-10 batch is 31 MB; ImageNet JPEGs stay under 20 MB), far below what a
-# compressed archive can expand to (a 1 GiB member of zeros is a 1 MB tar.gz).
-DEFAULT_MAX_FILE_BYTES = 64 * 2**20
-
-
-class PrepareParams(Section):
-    """The ``prepare`` section of params.yaml.
-
-    ``max_pixels`` and ``max_file_bytes`` bound what one file may cost to read and decode,
-    checked from headers before anything is read or decoded: a file over a cap is an error,
-    or, with ``skip_corrupt``, skipped and listed in the data report.
-    """
-
-    cifar10: Cifar10Source
-    imagenet: ImagenetSource
-    skip_corrupt: bool
-    workers: Annotated[int, Field(ge=0)]  # 0: every core
-    max_pixels: Annotated[int, Field(ge=1)] = DEFAULT_MAX_PIXELS
-    max_file_bytes: Annotated[int, Field(ge=1)] = DEFAULT_MAX_FILE_BYTES
+from resnet_mlops.errors import DataError
+from resnet_mlops.io import (
+    atomic_directory,
+    check_output_folder,
+    describe_outputs,
+    save_array,
+    write_json_atomic,
+)
+from resnet_mlops.params.prepare import (
+    Cifar10Source,
+    Dataset,
+    PrepareParams,
+)
 
 
 @dataclass(frozen=True)

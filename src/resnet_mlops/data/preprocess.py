@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
-from pydantic import Field
 
-from resnet_mlops.config import Section
 from resnet_mlops.data import cifar10, imagenet
-from resnet_mlops.data.errors import DataError
-from resnet_mlops.data.io import (
+from resnet_mlops.data.sources import Problem, iter_source_files
+from resnet_mlops.errors import DataError
+from resnet_mlops.io import (
     atomic_directory,
     check_output_folder,
     describe_outputs,
@@ -19,39 +18,8 @@ from resnet_mlops.data.io import (
     save_array,
     write_json_atomic,
 )
-from resnet_mlops.data.prepare import Dataset
-from resnet_mlops.data.sources import Problem, iter_source_files
-
-
-class Cifar10Preprocess(Section):
-    """CIFAR-10 split: the paper holds out 5k of the 50k training images (0: train on all).
-
-    ``train_size`` keeps a seeded, stratified subset of what is left for training (0: all of
-    it), for studies that must fit a short budget.
-    """
-
-    val_size: Annotated[int, Field(ge=0)]
-    seed: Annotated[int, Field(ge=0)]  # NumPy's generators take no negative seed
-    train_size: Annotated[int, Field(ge=0)]
-
-
-class ImagenetPreprocess(Section):
-    """ImageNet shards: samples per shard, the longest shorter side kept (0: keep), and the
-    JPEG quality of the images that must be re-encoded (CMYK, PNG, resized)."""
-
-    shard_size: Annotated[int, Field(ge=1)]
-    max_side: Annotated[int, Field(ge=0)]
-    quality: Annotated[int, Field(ge=1, le=100)]  # Pillow's JPEG quality scale
-    seed: Annotated[int, Field(ge=0)]
-
-
-class PreprocessParams(Section):
-    """The ``preprocess`` section of params.yaml."""
-
-    cifar10: Cifar10Preprocess
-    imagenet: ImagenetPreprocess
-    skip_corrupt: bool
-    workers: Annotated[int, Field(ge=0)]  # 0: every core
+from resnet_mlops.params.prepare import Dataset
+from resnet_mlops.params.preprocess import PreprocessParams
 
 
 def _load_manifest(prepared: Path, dataset: str) -> dict[str, Any]:

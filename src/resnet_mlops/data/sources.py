@@ -17,8 +17,8 @@ from pathlib import Path
 
 from rich.progress import DownloadColumn, Progress, TimeRemainingColumn
 
-from resnet_mlops.data.errors import DataError
-from resnet_mlops.data.io import md5_file, sha256_file
+from resnet_mlops.errors import DataError
+from resnet_mlops.io import md5_file, sha256_file
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 

@@ -1,4 +1,4 @@
-"""Plots a person would rather look at: the confusion matrix and the training curves."""
+"""The confusion matrix as a PNG a person would rather look at than the CSV."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from resnet_mlops.data.io import atomic_write_bytes  # noqa: E402
+from resnet_mlops.io import atomic_write_bytes  # noqa: E402
 
 
 def _save(figure: plt.Figure, path: Path) -> None:
@@ -49,25 +49,4 @@ def plot_confusion(confusion: torch.Tensor, classes: list[str], path: Path, titl
     axes.set_xlabel("predicted")
     axes.set_ylabel("true")
     axes.set_title(title)
-    _save(figure, path)
-
-
-def plot_training_curves(history: list[dict[str, float]], path: Path, title: str) -> None:
-    """Training and validation error (and loss) against the epoch, as the paper's Fig. 6."""
-    epochs = [record["epoch"] for record in history]
-    figure, (errors, losses) = plt.subplots(1, 2, figsize=(11, 4))
-    errors.plot(epochs, [r["train_error"] for r in history], label="train error", lw=1.2)
-    errors.plot(epochs, [r["val_error"] for r in history], label="val error", lw=2)
-    errors.set_ylabel("error (%)")
-    losses.plot(epochs, [r["train_loss"] for r in history], label="train loss", lw=1.2)
-    # Trained without a validation split, the end-of-epoch evaluation is on the test set and
-    # the loop logs test_loss (only the top-1 error is renamed val_error).
-    loss_key = "val_loss" if "val_loss" in history[-1] else "test_loss"
-    losses.plot(epochs, [r[loss_key] for r in history], label=loss_key.replace("_", " "), lw=2)
-    losses.set_ylabel("cross-entropy")
-    for axes in (errors, losses):
-        axes.set_xlabel("epoch")
-        axes.grid(alpha=0.3)
-        axes.legend()
-    figure.suptitle(title)
     _save(figure, path)

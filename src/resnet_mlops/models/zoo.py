@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from resnet_mlops.models.catalog import MODELS, PAPER_RESULTS
 from resnet_mlops.models.complexity import count_multiply_adds, count_parameters, input_size
-from resnet_mlops.models.registry import MODELS, PAPER_RESULTS
 
 DATASETS: dict[str, str] = {"cifar": "cifar10", "imagenet": "imagenet"}
 

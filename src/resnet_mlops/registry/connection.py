@@ -13,6 +13,7 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
+from resnet_mlops.errors import UserError
 from resnet_mlops.tracking.connection import SQLITE_FILE, default_tracking_uri, short_http_limits
 from resnet_mlops.tracking.uploader import describe, is_permanent
 
@@ -20,7 +21,7 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 
 
-class RegistryError(Exception):
+class RegistryError(UserError):
     """A registry problem a user can fix; the message is one line naming the model or server."""
 
 

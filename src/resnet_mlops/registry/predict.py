@@ -56,8 +56,8 @@ def _pyfunc_predictor(uri: str) -> Predictor:
 
 
 def _model_file_predictor(path: Path) -> Predictor:
+    from resnet_mlops.engine.artifact import load_model
     from resnet_mlops.registry.package import preprocessing_spec
-    from resnet_mlops.train.artifact import load_model
 
     network, meta = load_model(path)
     scorer = ImageScorer(network, preprocessing_spec(meta["preprocessing"]))

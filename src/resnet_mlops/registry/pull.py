@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from resnet_mlops.data.io import OUTPUT_ERRNOS, atomic_directory, check_output_folder
+from resnet_mlops.io import OUTPUT_ERRNOS, atomic_directory, check_output_folder
 from resnet_mlops.registry.connection import ModelRef, reaching, resolve
 from resnet_mlops.registry.package import OUTPUT_DESCRIPTION, PREPROCESSING_FILE
 

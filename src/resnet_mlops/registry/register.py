@@ -23,7 +23,9 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT
 
-from resnet_mlops.data.io import write_json_atomic
+from resnet_mlops.engine.artifact import load_model
+from resnet_mlops.io import write_json_atomic
+from resnet_mlops.params.register import RegisterParams
 from resnet_mlops.registry.champion import (
     ERROR_TAG,
     TEST_VERSION_TAG,
@@ -35,13 +37,11 @@ from resnet_mlops.registry.champion import (
 )
 from resnet_mlops.registry.connection import CHALLENGER, CHAMPION, RegistryError, reaching
 from resnet_mlops.registry.package import INPUT_DESCRIPTION, log_classifier, write_model_files
-from resnet_mlops.registry.params import RegisterParams
 from resnet_mlops.registry.scoring import split_version
 from resnet_mlops.tracking import DATA_VERSION_TAG
 from resnet_mlops.tracking.connection import global_tracking_uri
 from resnet_mlops.tracking.git import GIT_DIRTY_TAG
 from resnet_mlops.tracking.runs import experiment_id
-from resnet_mlops.train.artifact import load_model
 
 log = logging.getLogger(__name__)
 

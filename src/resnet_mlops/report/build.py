@@ -10,7 +10,7 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from resnet_mlops.data.io import atomic_write_bytes, write_json_atomic
+from resnet_mlops.io import atomic_write_bytes, write_json_atomic
 from resnet_mlops.report.figures import figure6, figure7
 from resnet_mlops.report.html import render_html, render_markdown
 from resnet_mlops.report.responses import cifar_test_batch, load_run_model, response_stds

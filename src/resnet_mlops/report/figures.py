@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from resnet_mlops.data.io import atomic_write_bytes  # noqa: E402
+from resnet_mlops.io import atomic_write_bytes  # noqa: E402
 from resnet_mlops.report.runs import RunRecord  # noqa: E402
 
 DEPTH_COLORS = {20: "C0", 32: "C1", 44: "C2", 56: "C3", 110: "C4", 1202: "C5"}

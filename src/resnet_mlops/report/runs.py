@@ -7,10 +7,12 @@ from dataclasses import dataclass, field
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
+from resnet_mlops.errors import UserError
+
 CURVES = ("train_error", "val_error", "iteration")
 
 
-class ReportError(ValueError):
+class ReportError(UserError, ValueError):
     """A user-facing problem with the report's input (no such experiment, no runs)."""
 
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from resnet_mlops.config import ConfigError, Section, StrTuple, from_dict, read_yaml
 from resnet_mlops.models import MODELS
 from resnet_mlops.params import check_pipeline, load_params
+from resnet_mlops.params.base import ConfigError, Section, StrTuple, from_dict, read_yaml
 
 
 class StudySpec(Section):

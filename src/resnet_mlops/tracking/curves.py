@@ -9,7 +9,7 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from resnet_mlops.data.io import atomic_write_bytes
+from resnet_mlops.io import atomic_write_bytes
 from resnet_mlops.tracking.history import MetricRecord
 
 # A metric goes on the panel whose word its name contains: train_loss and val_loss share one,

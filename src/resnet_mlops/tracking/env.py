@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 
-from resnet_mlops.config import ConfigError
+from resnet_mlops.params.base import ConfigError
 
 RUN_TAGS_ENV = "RESNET_RUN_TAGS"
 

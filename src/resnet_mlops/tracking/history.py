@@ -29,7 +29,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 from mlflow.utils.validation import MAX_METRICS_PER_BATCH
 
-from resnet_mlops.data.io import atomic_write_bytes
+from resnet_mlops.io import atomic_write_bytes
 from resnet_mlops.tracking.runs import log_params_and_tags, open_run
 
 log = logging.getLogger(__name__)

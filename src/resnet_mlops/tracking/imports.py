@@ -19,12 +19,12 @@ import numpy as np
 from mlflow import MlflowClient
 from torch import nn
 
-from resnet_mlops.data.errors import DataError
-from resnet_mlops.evaluation.plots import plot_training_curves
+from resnet_mlops.engine.artifact import load_model
+from resnet_mlops.engine.checkpoint import CheckpointError
+from resnet_mlops.errors import DataError
 from resnet_mlops.tracking.runs import experiment_id
 from resnet_mlops.tracking.tracker import RunTracker
-from resnet_mlops.train.artifact import load_model
-from resnet_mlops.train.checkpoint import CheckpointError
+from resnet_mlops.train.curves import plot_training_curves
 
 IMPORTED_TAG = "imported_from"
 

@@ -13,7 +13,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
 
-from resnet_mlops.config import flatten
+from resnet_mlops.errors import UserError
+from resnet_mlops.params.base import flatten
 from resnet_mlops.tracking.connection import local_artifact_location
 
 log = logging.getLogger(__name__)
@@ -21,7 +22,7 @@ log = logging.getLogger(__name__)
 TRUNCATED = "...[truncated, see params.json]"
 
 
-class TrackingError(RuntimeError):
+class TrackingError(UserError, RuntimeError):
     """Tracking was required (``required=True``) and could not be set up; the message says why."""
 
 

@@ -21,7 +21,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from torch import nn
 
-from resnet_mlops.config import flatten
+from resnet_mlops.params.base import flatten
 from resnet_mlops.tracking.connection import short_http_limits
 from resnet_mlops.tracking.curves import plot_curves
 from resnet_mlops.tracking.history import (

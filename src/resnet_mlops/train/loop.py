@@ -16,17 +16,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from resnet_mlops.config import to_dict
-from resnet_mlops.data.io import write_json_atomic
 from resnet_mlops.data.loaders import LoaderParams, build_loader, evaluation_split
 from resnet_mlops.data.loaders.build import Loader
-from resnet_mlops.evaluation.metrics import evaluate_model
-from resnet_mlops.models import build_model
-from resnet_mlops.train.artifact import model_kwargs, save_model, state_dict_of
-from resnet_mlops.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from resnet_mlops.train.params import TrainParams
-from resnet_mlops.train.progress import ProgressReporter
-from resnet_mlops.train.runtime import (
+from resnet_mlops.engine.artifact import model_kwargs, save_model, state_dict_of
+from resnet_mlops.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from resnet_mlops.engine.metrics import evaluate_model
+from resnet_mlops.engine.runtime import (
     Runtime,
     autocast,
     resolve_precision,
@@ -36,6 +31,11 @@ from resnet_mlops.train.runtime import (
     setup_runtime,
     teardown_runtime,
 )
+from resnet_mlops.io import write_json_atomic
+from resnet_mlops.models import build_model
+from resnet_mlops.params.base import to_dict
+from resnet_mlops.params.train import TrainParams
+from resnet_mlops.train.progress import ProgressReporter
 from resnet_mlops.train.schedule import learning_rate, to_iterations, warmup_iterations
 from resnet_mlops.train.stop import StopRequest
 

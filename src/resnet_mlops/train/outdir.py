@@ -15,10 +15,12 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from resnet_mlops.errors import UserError
+
 LOCK_FILE = ".lock"
 
 
-class OutputBusy(Exception):
+class OutputBusy(UserError):
     """Another process holds the output folder; the message is one line naming it."""
 
 

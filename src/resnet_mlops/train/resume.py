@@ -14,15 +14,42 @@ from pathlib import Path
 from typing import Any
 
 import resnet_mlops
-from resnet_mlops.config import to_dict
 from resnet_mlops.data.loaders import LoaderParams
-from resnet_mlops.train.params import TrainParams
+from resnet_mlops.params.base import to_dict
+from resnet_mlops.params.train import TrainParams
 
 # The train stage's code deps, relative to the package: mirrors the src/ entries of the train
 # stage's `deps` in dvc.yaml (tests/test_train_resume.py checks that they agree). Code DVC does
-# not rerun the stage for (the report, the CLI, tracking) does not void a checkpoint either.
+# not rerun the stage for (the report, the registry, the CLI) does not void a checkpoint either.
 # Not read from dvc.yaml at run time: the installed package has no dvc.yaml.
-TRAIN_CODE = ("train", "models", "data/loaders", "evaluation")
+TRAIN_CODE = (
+    "__init__.py",
+    "errors.py",
+    "io.py",
+    "project.py",
+    "params",
+    "models/__init__.py",
+    "models/catalog.py",
+    "models/complexity.py",
+    "models/resnet.py",
+    "data/__init__.py",
+    "data/loaders",
+    "engine",
+    "train",
+    "tracking/__init__.py",
+    "tracking/connection.py",
+    "tracking/curves.py",
+    "tracking/env.py",
+    "tracking/git.py",
+    "tracking/history.py",
+    "tracking/model.py",
+    "tracking/runs.py",
+    "tracking/system.py",
+    "tracking/tracker.py",
+    "tracking/uploader.py",
+    "stages/__init__.py",
+    "stages/train.py",
+)
 
 
 def code_version(package: Path | None = None) -> str:

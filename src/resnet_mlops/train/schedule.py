@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bisect
 
-from resnet_mlops.train.params import OptimizerParams, ScheduleParams
+from resnet_mlops.params.train import OptimizerParams, ScheduleParams
 
 # The paper's ResNet-110 warm-up (section 4.2): 0.01 for about 400 iterations, then 0.1.
 PAPER_WARMUP_MODELS = {"resnet110", "resnet1202"}

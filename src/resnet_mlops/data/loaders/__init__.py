@@ -15,7 +15,7 @@ from resnet_mlops.data.loaders.build import (
 from resnet_mlops.data.loaders.cifar_arrays import CifarSplit, evaluation_split, load_cifar_split
 from resnet_mlops.data.loaders.epochs import epoch_order
 from resnet_mlops.data.loaders.jpeg_shards import JpegShards, load_imagenet_split
-from resnet_mlops.data.loaders.params import IMAGENET_MEAN, IMAGENET_STD, LoaderParams
+from resnet_mlops.params.loader import IMAGENET_MEAN, IMAGENET_STD, LoaderParams
 
 __all__ = [
     "IMAGENET_MEAN",

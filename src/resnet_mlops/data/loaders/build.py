@@ -8,13 +8,16 @@ from typing import Literal, Protocol
 
 import torch
 
-from resnet_mlops.config import ConfigError
-from resnet_mlops.data.errors import DataError
-from resnet_mlops.data.io import read_json
 from resnet_mlops.data.loaders.cifar_arrays import load_cifar_split, normalization
 from resnet_mlops.data.loaders.epochs import check_shard
 from resnet_mlops.data.loaders.jpeg_shards import load_imagenet_split
-from resnet_mlops.data.loaders.params import (
+from resnet_mlops.data.loaders.recipe import ImagenetMode
+from resnet_mlops.data.loaders.torch_loader import CifarDataset, ImagenetDataset, TorchLoader
+from resnet_mlops.data.loaders.torch_transforms import ImagenetTransform, cifar10_train_augment
+from resnet_mlops.errors import DataError
+from resnet_mlops.io import read_json
+from resnet_mlops.params.base import ConfigError
+from resnet_mlops.params.loader import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     Backend,
@@ -22,9 +25,6 @@ from resnet_mlops.data.loaders.params import (
     LoaderParams,
     MemoryFormat,
 )
-from resnet_mlops.data.loaders.recipe import ImagenetMode
-from resnet_mlops.data.loaders.torch_loader import CifarDataset, ImagenetDataset, TorchLoader
-from resnet_mlops.data.loaders.torch_transforms import ImagenetTransform, cifar10_train_augment
 
 
 class Loader(Protocol):

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from resnet_mlops.data.errors import DataError
-from resnet_mlops.data.io import read_json
-from resnet_mlops.data.loaders.params import CifarNormalization
+from resnet_mlops.errors import DataError
+from resnet_mlops.io import read_json
+from resnet_mlops.params.loader import CifarNormalization
 
 SIDE = 32
 

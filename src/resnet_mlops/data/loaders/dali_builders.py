@@ -8,14 +8,14 @@ import numpy as np
 import torch
 from nvidia.dali.pipeline import Pipeline
 
-from resnet_mlops.data.errors import DataError
 from resnet_mlops.data.loaders.cifar_arrays import CifarSplit
+from resnet_mlops.data.loaders.dali_graphs import build_pipeline, cifar10_graph, imagenet_graph
 from resnet_mlops.data.loaders.dali_loader import BatchFeeder, DaliLoader
-from resnet_mlops.data.loaders.dali_pipelines import build_pipeline, cifar10_graph, imagenet_graph
 from resnet_mlops.data.loaders.jpeg_shards import JpegShards
-from resnet_mlops.data.loaders.params import IMAGENET_MEAN, IMAGENET_STD, MemoryFormat
 from resnet_mlops.data.loaders.recipe import ImagenetMode
 from resnet_mlops.data.loaders.torch_transforms import decode_error_reason, decode_rgb
+from resnet_mlops.errors import DataError
+from resnet_mlops.params.loader import IMAGENET_MEAN, IMAGENET_STD, MemoryFormat
 
 
 def _reason(message: str) -> str:

@@ -11,13 +11,13 @@ import torch
 from nvidia.dali.pipeline import Pipeline
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
-from resnet_mlops.data.errors import DataError
 from resnet_mlops.data.loaders.epochs import (
     epoch_order,
     num_batches,
     pipeline_seed,
     shard_size,
 )
+from resnet_mlops.errors import DataError
 
 # Batches DALI may have taken from the feeder and not yet returned: the pipeline's prefetch
 # depth (2) plus the one being computed, with a margin.

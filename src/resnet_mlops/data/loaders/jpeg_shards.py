@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from resnet_mlops.data.errors import DataError
-from resnet_mlops.data.io import read_json
+from resnet_mlops.errors import DataError
+from resnet_mlops.io import read_json
 
 INDEX_VERSION = "v1.2"
 MAX_OPEN_SHARDS = 64

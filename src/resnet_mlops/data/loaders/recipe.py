@@ -9,7 +9,7 @@ from typing import Literal
 
 import torch
 
-from resnet_mlops.data.loaders.params import MemoryFormat
+from resnet_mlops.params.loader import MemoryFormat
 
 ImagenetMode = Literal["random_resized_crop", "scale", "center_crop", "ten_crop"]
 

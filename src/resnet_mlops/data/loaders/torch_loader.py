@@ -19,7 +19,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
-from resnet_mlops.data.errors import DataError
 from resnet_mlops.data.loaders.cifar_arrays import CifarSplit
 from resnet_mlops.data.loaders.epochs import (
     augmentation_seeds,
@@ -28,13 +27,14 @@ from resnet_mlops.data.loaders.epochs import (
     shard_size,
 )
 from resnet_mlops.data.loaders.jpeg_shards import JpegShards
-from resnet_mlops.data.loaders.params import MemoryFormat
 from resnet_mlops.data.loaders.recipe import to_memory_format
 from resnet_mlops.data.loaders.torch_transforms import (
     ImagenetTransform,
     decode_error_reason,
     decode_rgb,
 )
+from resnet_mlops.errors import DataError
+from resnet_mlops.params.loader import MemoryFormat
 
 
 @dataclass(frozen=True)
@@ -170,7 +170,7 @@ def worker_context() -> multiprocessing.context.BaseContext | None:
 
 def dali_pipelines_built() -> bool:
     """Whether this process has built a DALI pipeline (DALI is imported only to be used)."""
-    module = sys.modules.get("resnet_mlops.data.loaders.dali_pipelines")
+    module = sys.modules.get("resnet_mlops.data.loaders.dali_graphs")
     return bool(module and module.PIPELINES_BUILT)
 
 

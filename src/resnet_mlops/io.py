@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from resnet_mlops.data.errors import DataError
+from resnet_mlops.errors import DataError
 
 # The file system refused a write for a reason the user fixes outside this program (full,
 # read-only, no permission, a folder where a file goes or the reverse): the CLI reports these

@@ -13,11 +13,10 @@ from typing import Annotated, NoReturn
 
 import typer
 
+from resnet_mlops.cli.fail import fail
+
 
 def _fail(message: str, code: int = 1) -> NoReturn:
-    # The CLI's own one-line error; imported late because resnet_mlops.cli imports this module.
-    from resnet_mlops.cli import fail
-
     fail(message, code)
 
 
@@ -66,21 +65,10 @@ def register_command(
     """Register the evaluated model in MLflow as `challenger`; make it `champion` if it wins."""
     from mlflow.exceptions import MlflowException
 
-    from resnet_mlops.config import ConfigError, load_sections
-    from resnet_mlops.data.errors import DataError
-    from resnet_mlops.registry.connection import RegistryError
-    from resnet_mlops.registry.register import RegisterParams, RegisterPaths, register
-    from resnet_mlops.train.checkpoint import CheckpointError
+    from resnet_mlops.stages.register import run_register
 
     try:
-        dataset, sections, _ = load_sections(params, {"register": RegisterParams}, overrides or [])
-    except ConfigError as error:
-        _fail(str(error), 2)
-    paths = RegisterPaths(model, evaluation, data or Path("data/preprocessed") / dataset, out)
-    try:
-        decision = register(dataset, sections["register"], paths, _tracking_uri())
-    except (CheckpointError, DataError, RegistryError) as error:
-        _fail(str(error))
+        decision = run_register(params, overrides or [], model, evaluation, data, out)
     except MlflowException as error:
         _fail(f"MLflow refused the registration: {_reason(error)}")
     typer.echo(f"registered: {decision.reason} (decision: {out})")
@@ -102,15 +90,12 @@ def pull_command(
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from resnet_mlops.data.io import OutputError
-    from resnet_mlops.registry.connection import RegistryError, parse_model_uri
+    from resnet_mlops.registry.connection import parse_model_uri
     from resnet_mlops.registry.pull import CARD_FILE, pull
 
     uri = _registry_uri()
     try:
         version = pull(MlflowClient(uri), parse_model_uri(model), uri, out, force=force)
-    except (RegistryError, OutputError) as error:
-        _fail(str(error))
     except MlflowException as error:
         _fail(f"could not download {model}: {_reason(error)}")
     typer.echo(f"pulled {version.name} version {version.version} -> {out} (card: {CARD_FILE})")
@@ -128,17 +113,13 @@ def predict_command(
     """Print the most likely classes of each image, with their probabilities."""
     from mlflow.exceptions import MlflowException
 
-    from resnet_mlops.registry.connection import RegistryError
     from resnet_mlops.registry.predict import load_predictor, read_images, top_k
-    from resnet_mlops.train.checkpoint import CheckpointError
 
     try:
         encoded = read_images(images)
         # A local folder or model file needs no store: none is looked up (or created) for it.
         uri = _registry_uri() if model.startswith("models:/") else ""
         predictor = load_predictor(model, uri)
-    except (RegistryError, CheckpointError) as error:
-        _fail(str(error))
     except MlflowException as error:
         _fail(f"could not load {model}: {_reason(error)}")
     probabilities, names = predictor(encoded)

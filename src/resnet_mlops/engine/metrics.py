@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resnet_mlops.train.runtime import Runtime, all_reduce_sum, autocast
+from resnet_mlops.engine.runtime import Runtime, all_reduce_sum, autocast
 
 
 @dataclass(frozen=True)

@@ -7,30 +7,10 @@ from dataclasses import dataclass
 
 from resnet_mlops.models import resnet
 from resnet_mlops.models.resnet import ResNet
+from resnet_mlops.params.train import MODEL_NAMES
 
-MODELS: dict[str, Callable[..., ResNet]] = {
-    name: getattr(resnet, name)
-    for name in (
-        "resnet20",
-        "resnet32",
-        "resnet44",
-        "resnet56",
-        "resnet110",
-        "resnet1202",
-        "plain20",
-        "plain32",
-        "plain44",
-        "plain56",
-        "plain110",
-        "resnet18",
-        "resnet34",
-        "resnet50",
-        "resnet101",
-        "resnet152",
-        "plain18",
-        "plain34",
-    )
-}
+# The names are the params layer's (train.model is checked against them without torch).
+MODELS: dict[str, Callable[..., ResNet]] = {name: getattr(resnet, name) for name in MODEL_NAMES}
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from data_fixtures import cifar_images, imagenet_jpegs, write_cifar10_dir, write_imagenet_dir
 
-from resnet_mlops.data.errors import DataError
 from resnet_mlops.data.loaders import LoaderParams, build_loader
+from resnet_mlops.errors import DataError
 
 BACKENDS = ["dali", "torch"]
 

@@ -6,8 +6,8 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from resnet_mlops.config import Section
-from resnet_mlops.train.params import Device
+from resnet_mlops.params.base import Section
+from resnet_mlops.params.train import Device
 
 
 class EvaluateParams(Section):

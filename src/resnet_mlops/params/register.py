@@ -6,7 +6,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from resnet_mlops.config import Section
+from resnet_mlops.params.base import Section
 
 
 class RegisterParams(Section):

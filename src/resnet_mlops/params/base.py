@@ -19,12 +19,10 @@ import pydantic
 import yaml
 from pydantic import AfterValidator, BeforeValidator, ConfigDict
 
+from resnet_mlops.errors import ConfigError
+
 T = TypeVar("T")
 S = TypeVar("S", bound="Section")
-
-
-class ConfigError(ValueError):
-    """A user-facing configuration problem; the message names the file and key."""
 
 
 class Section(pydantic.BaseModel):

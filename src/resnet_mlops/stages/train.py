@@ -10,14 +10,15 @@ from typing import Any, Literal
 
 import numpy as np
 
-from resnet_mlops.config import ConfigError, load_sections
 from resnet_mlops.data.loaders import LoaderParams
-from resnet_mlops.evaluation.plots import plot_training_curves
+from resnet_mlops.engine.checkpoint import peek_checkpoint, remove_stale_temporaries
+from resnet_mlops.engine.runtime import require_device
 from resnet_mlops.models import MODELS
-from resnet_mlops.train.checkpoint import peek_checkpoint, remove_stale_temporaries
+from resnet_mlops.params.base import ConfigError, load_sections
+from resnet_mlops.params.train import TrainParams
+from resnet_mlops.train.curves import plot_training_curves
 from resnet_mlops.train.loop import Interrupted, TrainPaths, TrainResult, TrainState, train
 from resnet_mlops.train.outdir import lock_output
-from resnet_mlops.train.params import TrainParams
 from resnet_mlops.train.resume import data_version, mismatch, resume_key
 from resnet_mlops.train.stop import StopRequest, watch_launcher
 
@@ -168,6 +169,7 @@ def run_training(
     from resnet_mlops.tracking import env_tags, git_tags, tracking_uri
 
     dataset, train_params, loader_params, tree = load_train_params(params_path, overrides)
+    require_device(params_path, "train.device", train_params.device)
     extra_tags = env_tags()  # a bad RESNET_RUN_TAGS fails here, before any file is touched
     data_dir = data or Path("data/preprocessed") / dataset
     paths = TrainPaths(out / "checkpoint.pt", out / "model.pt", metrics, history)

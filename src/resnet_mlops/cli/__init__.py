@@ -8,25 +8,27 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 from typer.core import TyperGroup
 
-from resnet_mlops.cli_registry import add_commands
-from resnet_mlops.config import ConfigError, load_stage_params
-from resnet_mlops.data.errors import DataError
+from resnet_mlops.cli.fail import fail
+from resnet_mlops.cli.registry import add_commands
+from resnet_mlops.errors import UserError
 from resnet_mlops.models import MODELS
 from resnet_mlops.models.zoo import describe_zoo
 
 
 class _Commands(TyperGroup):
-    """The command group, reporting a refused write (disk full, read-only, no permission) of any
-    command in one line: ``error: <path>: no space left on device``, exit 1.
+    """The command group, the one place every command's user errors are reported, in one
+    line on stderr: a :class:`UserError` (``error: <message>``, its exit code) and a refused
+    write (disk full, read-only, no permission: ``error: <path>: no space left on device``,
+    exit 1).
 
-    One place for all commands: such an error can come from deep inside a stage (numpy,
+    Such a write error can come from deep inside a stage (numpy,
     torch.save, an MLflow download); the writers re-raise it naming the output, not their
     temporary file, and have removed that file.
     """
@@ -34,8 +36,10 @@ class _Commands(TyperGroup):
     def invoke(self, ctx: typer.Context) -> object:
         try:
             return super().invoke(ctx)
+        except UserError as error:
+            fail(str(error), error.exit_code)
         except OSError as error:
-            from resnet_mlops.data.io import OUTPUT_ERRNOS, os_error_message  # numpy: lazily
+            from resnet_mlops.io import OUTPUT_ERRNOS, os_error_message  # numpy: lazily
 
             if error.errno not in OUTPUT_ERRNOS:
                 raise
@@ -48,12 +52,6 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-
-
-def fail(message: str, code: int = 2) -> NoReturn:
-    """Report a user error in one line on stderr and exit non-zero."""
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
 
 
 def _human(count: int) -> str:
@@ -106,27 +104,6 @@ Overrides = Annotated[
 ]
 
 
-def _stage_params(path: Path, section: str, cls: type, overrides: list[str] | None):
-    try:
-        return load_stage_params(path, section, cls, overrides or [])
-    except ConfigError as error:
-        fail(str(error))
-
-
-def _require_device(params: Path, key: str, device: str) -> None:
-    """A one-line error now, rather than a torch traceback once the run has started."""
-    from resnet_mlops.train.runtime import device_problem
-
-    problem = device_problem(device)
-    if problem:
-        fail(f"{params}: {key}: {problem}")
-
-
-# What `resnet check-params --out` writes: the same bytes whatever the params, so that DVC
-# reruns no stage downstream of the check because of it (the stages' own params decide).
-PARAMS_CHECKED = {"params": "checked"}
-
-
 @app.command("check-params")
 def check_params_command(
     overrides: Overrides = None,
@@ -141,18 +118,9 @@ def check_params_command(
     dvc.yaml's first stage: every other stage depends on its marker, so DVC checks
     params.yaml before it deletes any stage's outputs.
     """
-    from resnet_mlops.data.io import write_json_atomic
-    from resnet_mlops.params import check_pipeline, load_params
+    from resnet_mlops.stages.params import check_params
 
-    try:
-        loaded, _ = load_params(params, overrides or [])
-        check_pipeline(loaded, params)
-    except ConfigError as error:
-        fail(str(error))
-    _require_device(params, "train.device", loaded.train.device)
-    _require_device(params, "evaluate.device", loaded.evaluate.device)
-    if out is not None:
-        write_json_atomic(out, PARAMS_CHECKED)
+    check_params(params, overrides or [], out)
     typer.echo(f"{params}: valid")
 
 
@@ -176,19 +144,12 @@ def prepare_command(
     ] = False,
 ) -> None:
     """Read the raw source, verify every image and write the verified data and its manifest."""
-    from resnet_mlops.data.prepare import PrepareParams, anchor_sources, prepare
-    from resnet_mlops.project import project_root
+    from resnet_mlops.stages.prepare import run_prepare
 
-    dataset, stage = _stage_params(params, "prepare", PrepareParams, overrides)
-    root = project_root(Path.cwd())
-    if root != Path.cwd().resolve():  # a DVC experiment's copy: paths are the project's
-        stage = anchor_sources(stage, root)
-    out = out or Path("data/prepared") / dataset
-    try:
-        result = prepare(dataset, stage, out, report, download_dir, force=force)
-    except DataError as error:
-        fail(str(error), 1)
-    typer.echo(f"prepared {dataset}: {result['images']} images -> {out} (report: {report})")
+    out, result = run_prepare(params, overrides or [], out, report, download_dir, force=force)
+    typer.echo(
+        f"prepared {result['dataset']}: {result['images']} images -> {out} (report: {report})"
+    )
 
 
 @app.command("preprocess")
@@ -209,17 +170,11 @@ def preprocess_command(
     ] = False,
 ) -> None:
     """Turn verified data into the training format: arrays for CIFAR-10, shards for ImageNet."""
-    from resnet_mlops.data.preprocess import PreprocessParams, preprocess
+    from resnet_mlops.stages.preprocess import run_preprocess
 
-    dataset, stage = _stage_params(params, "preprocess", PreprocessParams, overrides)
-    prepared = prepared or Path("data/prepared") / dataset
-    out = out or Path("data/preprocessed") / dataset
-    try:
-        result = preprocess(dataset, stage, prepared, out, report, force=force)
-    except DataError as error:
-        fail(str(error), 1)
+    out, result = run_preprocess(params, overrides or [], prepared, out, report, force=force)
     counts = result.get("splits") or result.get("samples")
-    typer.echo(f"preprocessed {dataset}: {counts} -> {out} (report: {report})")
+    typer.echo(f"preprocessed {result['dataset']}: {counts} -> {out} (report: {report})")
 
 
 @app.command("train")
@@ -259,11 +214,9 @@ def train_command(
     With torchrun's ``PET_NPROC_PER_NODE`` / ``PET_NNODES`` set for more than one process, it
     re-runs itself under ``torch.distributed.run`` (see ``resnet_mlops.train.launch``).
     """
-    from resnet_mlops.train.checkpoint import CheckpointError
-    from resnet_mlops.train.entry import load_train_params, run_training
+    from resnet_mlops.stages.train import run_training
     from resnet_mlops.train.launch import launch_requested, relaunch_under_torchrun
     from resnet_mlops.train.loop import Interrupted
-    from resnet_mlops.train.outdir import OutputBusy
 
     if launch_requested(os.environ):
         paths = {"--params": params, "--out": out, "--metrics": metrics, "--history": history}
@@ -272,10 +225,8 @@ def train_command(
         argv += ["--resume"] * resume + ["--auto-resume"] * auto_resume
         argv += ["--stop-with-parent"] * stop_with_parent
         relaunch_under_torchrun(["train", *argv, *(overrides or [])])
+    mode = "auto" if auto_resume and not resume else resume
     try:
-        train_params = load_train_params(params, overrides or [])[1]
-        _require_device(params, "train.device", train_params.device)
-        mode = "auto" if auto_resume and not resume else resume
         result = run_training(
             params,
             overrides or [],
@@ -286,8 +237,6 @@ def train_command(
             mode,
             stop_with_parent=stop_with_parent,
         )
-    except (ConfigError, DataError, CheckpointError, OutputBusy) as error:
-        fail(str(error), 2 if isinstance(error, ConfigError) else 1)
     except Interrupted as error:
         typer.echo(str(error), err=True)
         raise typer.Exit(143) from None
@@ -306,18 +255,10 @@ def evaluate_command(
     plots: Annotated[Path, typer.Option(help="Folder for the confusion matrix.")] = Path("plots"),
 ) -> None:
     """Score a trained model: top-1/top-5 error, per-class accuracy, confusion matrix."""
-    from resnet_mlops.evaluation.entry import EvalPaths, run_evaluation
-    from resnet_mlops.params import check_split, load_params
-    from resnet_mlops.train.checkpoint import CheckpointError
+    from resnet_mlops.stages.evaluate import EvalPaths, run_evaluation
 
     paths = EvalPaths(metrics, plots / "confusion.csv", plots / "confusion.png")
-    try:
-        loaded, _ = load_params(params, overrides or [])
-        check_split(loaded, params)
-        _require_device(params, "evaluate.device", loaded.evaluate.device)
-        result = run_evaluation(params, overrides or [], model, data, paths)
-    except (ConfigError, DataError, CheckpointError) as error:
-        fail(str(error), 2 if isinstance(error, ConfigError) else 1)
+    result = run_evaluation(params, overrides or [], model, data, paths)
     errors = {k: round(v, 2) for k, v in result.items() if k.endswith("error")}
     typer.echo(f"evaluated {result['model']} on {result['samples']} images: {errors}")
 
@@ -346,39 +287,11 @@ def report_command(
     ] = None,
 ) -> None:
     """The paper's Table 6, Figures 6 and 7 and the ImageNet table from MLflow runs."""
-    from resnet_mlops.config import load_sections
-    from resnet_mlops.data.io import write_json_atomic
-    from resnet_mlops.report import ReportError, ReportParams, build_report
-    from resnet_mlops.report.build import summary_metrics
-    from resnet_mlops.tracking import tracking_uri
-    from resnet_mlops.train.params import TrainParams
+    from resnet_mlops.stages.report import run_report
 
-    try:
-        _, sections, _ = load_sections(
-            params, {"report": ReportParams, "train": TrainParams}, overrides or []
-        )
-    except ConfigError as error:
-        fail(str(error))
-    settings: ReportParams = sections["report"]
-    if experiment is None:
-        experiment = settings.experiment
-        if experiment == "auto":
-            experiment = sections["train"].experiment
-    default_data = Path("data/preprocessed/cifar10")
-    data = data or (default_data if default_data.exists() else None)
-    try:
-        report = build_report(
-            tracking_uri(Path.cwd()),
-            out,
-            experiment=experiment,
-            grid=grid if grid is not None else settings.grid or None,
-            data_dir=data,
-            response_images=settings.response_images,
-        )
-    except (ReportError, DataError) as error:
-        fail(str(error), 1)
-    if metrics is not None:
-        write_json_atomic(metrics, summary_metrics(report))
+    report = run_report(
+        params, overrides or [], out, experiment=experiment, grid=grid, data=data, metrics=metrics
+    )
     typer.echo(f"report: {report.html} ({len(report.figures)} figures)")
 
 
@@ -402,17 +315,14 @@ def study_command(
         validate_study,
     )
 
-    try:
-        found = load_studies(studies)
-        if name is None:
-            for study in found.values():
-                typer.echo(f"{study.name}: {study.about} (grid {study.grid})")
-            return
-        if name not in found:
-            fail(f"{studies}: no study {name!r} (known: {', '.join(found)})")
-        validate_study(found[name], params)
-    except ConfigError as error:
-        fail(str(error))
+    found = load_studies(studies)
+    if name is None:
+        for study in found.values():
+            typer.echo(f"{study.name}: {study.about} (grid {study.grid})")
+        return
+    if name not in found:
+        fail(f"{studies}: no study {name!r} (known: {', '.join(found)})")
+    validate_study(found[name], params)
     lines = (flow_commands if flow else dvc_commands)(
         found[name], include_optional=include_optional
     )
@@ -432,17 +342,14 @@ def import_run_command(
     ] = None,
 ) -> None:
     """Log training runs made without MLflow (e.g. bench/gpu_recipe.py on a lent GPU)."""
-    from resnet_mlops.tracking import TrackingError, tracking_uri
-    from resnet_mlops.tracking.imports import CheckpointError, import_grid, import_run
+    from resnet_mlops.tracking import tracking_uri
+    from resnet_mlops.tracking.imports import import_grid, import_run
 
     uri = tracking_uri(Path.cwd())
-    try:
-        if grid:
-            ids = import_grid(run_dirs, tracking_uri=uri, grid=grid)
-        else:
-            ids = [import_run(run_dir, tracking_uri=uri) for run_dir in run_dirs]
-    except (DataError, CheckpointError, TrackingError) as error:
-        fail(str(error), 1)
+    if grid:
+        ids = import_grid(run_dirs, tracking_uri=uri, grid=grid)
+    else:
+        ids = [import_run(run_dir, tracking_uri=uri) for run_dir in run_dirs]
     for run_dir, run_id in zip(run_dirs, ids, strict=True):
         typer.echo(f"{run_dir} -> MLflow run {run_id}")
 

@@ -6,13 +6,15 @@ import contextlib
 import os
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from resnet_mlops.train.params import Precision
+from resnet_mlops.errors import ConfigError
+from resnet_mlops.params.train import Precision
 
 
 @dataclass(frozen=True)
@@ -158,3 +160,14 @@ def device_problem(device: str) -> str | None:
     if index >= torch.cuda.device_count():
         return f"{device!r} asked for, but torch sees {torch.cuda.device_count()} GPU(s)"
     return None
+
+
+def require_device(params_path: Path, key: str, device: str) -> None:
+    """:func:`device_problem` as a one-line error naming the params file and key.
+
+    Raises:
+        ConfigError: ``device`` names a device this machine lacks.
+    """
+    problem = device_problem(device)
+    if problem:
+        raise ConfigError(f"{params_path}: {key}: {problem}")

@@ -1,7 +1,7 @@
 """The one model of ``params.yaml``: the data set and every stage's section, checked whole.
 
-Each section's class lives beside the stage that reads it (``train/params.py``,
-``data/prepare.py``, ...); :class:`Params` is the only list of them. ``resnet check-params``
+Each section's class has its own module here (``params/train.py``, ``params/prepare.py``,
+...); :class:`Params` is the only list of them. ``resnet check-params``
 (the first DVC stage) and every stage's own loading go through :func:`load_params`, so an
 unknown key, a wrong type or a bad range anywhere in the file stops the pipeline before any
 stage has deleted its outputs.
@@ -15,20 +15,20 @@ from typing import Any
 
 import pydantic
 
-from resnet_mlops.config import (
+from resnet_mlops.params.base import (
     ConfigError,
     Section,
     apply_overrides,
     describe_error,
     read_yaml,
 )
-from resnet_mlops.data.loaders.params import LoaderParams
-from resnet_mlops.data.prepare import Dataset, PrepareParams
-from resnet_mlops.data.preprocess import PreprocessParams
-from resnet_mlops.evaluation.params import EvaluateParams
-from resnet_mlops.registry.params import RegisterParams
-from resnet_mlops.report.params import ReportParams
-from resnet_mlops.train.params import TrainParams
+from resnet_mlops.params.evaluate import EvaluateParams
+from resnet_mlops.params.loader import LoaderParams
+from resnet_mlops.params.prepare import Dataset, PrepareParams
+from resnet_mlops.params.preprocess import PreprocessParams
+from resnet_mlops.params.register import RegisterParams
+from resnet_mlops.params.report import ReportParams
+from resnet_mlops.params.train import MODEL_NAMES, TrainParams
 
 with warnings.catch_warnings():
     # pydantic warns that the field "register" shadows ABCMeta.register, a method of the class
@@ -80,8 +80,8 @@ def load_params(
 def check_pipeline(params: Params, source: Path | str = "params.yaml") -> None:
     """What the pipeline as a whole needs beyond each section's own checks.
 
-    ``train.model`` names a network of the zoo (the names live with the networks, in torch,
-    above this module), and the evaluated split exists for the data set. Not in the model:
+    ``train.model`` names a network of the zoo (:data:`MODEL_NAMES`), and the evaluated
+    split exists for the data set. Not in the model:
     ``resnet prepare dataset=imagenet`` must not fail on the evaluate section's CIFAR-10
     default; ``resnet check-params`` (the first DVC stage), the Prefect flows and the studies
     run this before any stage does.
@@ -89,12 +89,10 @@ def check_pipeline(params: Params, source: Path | str = "params.yaml") -> None:
     Raises:
         ConfigError: one line naming the file and the key.
     """
-    from resnet_mlops.models import MODELS
-
-    if params.train.model not in MODELS:
+    if params.train.model not in MODEL_NAMES:
         raise ConfigError(
             f"{source}: train.model: unknown model {params.train.model!r} "
-            f"(known: {', '.join(MODELS)})"
+            f"(known: {', '.join(MODEL_NAMES)})"
         )
     check_split(params, source)
 

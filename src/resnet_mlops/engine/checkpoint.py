@@ -10,12 +10,13 @@ from typing import Any
 
 import torch
 
-from resnet_mlops.data.io import naming_output, temp_file_beside
+from resnet_mlops.errors import UserError
+from resnet_mlops.io import naming_output, temp_file_beside
 
 FORMAT = "resnet-mlops/checkpoint/1"
 
 
-class CheckpointError(Exception):
+class CheckpointError(UserError):
     """A checkpoint that cannot be used: the message is one line naming the file."""
 
 

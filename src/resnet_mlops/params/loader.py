@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from resnet_mlops.config import Section
+from resnet_mlops.params.base import Section
 
 Dataset = Literal["cifar10", "imagenet"]
 Backend = Literal["auto", "dali", "torch"]

@@ -6,7 +6,29 @@ from typing import Annotated, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from resnet_mlops.config import IntTuple, Section, matching
+from resnet_mlops.params.base import IntTuple, Section, matching
+
+# The networks models.catalog builds: CIFAR-10 6n+2 ResNets and plain nets, then ImageNet.
+MODEL_NAMES: tuple[str, ...] = (
+    "resnet20",
+    "resnet32",
+    "resnet44",
+    "resnet56",
+    "resnet110",
+    "resnet1202",
+    "plain20",
+    "plain32",
+    "plain44",
+    "plain56",
+    "plain110",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "plain18",
+    "plain34",
+)
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 # auto | cpu | cuda | cuda:N; whether a GPU is there is checked when the stage starts.

@@ -12,9 +12,9 @@ import pytest
 import torch
 from data_fixtures import cifar_images, imagenet_jpegs, write_cifar10_dir, write_imagenet_dir
 
-from resnet_mlops.config import ConfigError, from_dict
 from resnet_mlops.data.loaders import LoaderParams, build_loader, epoch_order
 from resnet_mlops.data.loaders import build as build_module
+from resnet_mlops.params.base import ConfigError, from_dict
 
 BACKENDS = ["dali", "torch"]
 NUM_IDS = 100  # not a multiple of the batch size or of the number of shards

@@ -8,15 +8,15 @@ from typing import Any
 
 import torch
 
-from resnet_mlops.config import load_sections
-from resnet_mlops.data.errors import DataError
-from resnet_mlops.data.io import atomic_write_bytes, write_json_atomic
 from resnet_mlops.data.loaders import LoaderParams, build_loader, dataset_classes
-from resnet_mlops.evaluation.metrics import EvalResult, evaluate_model
-from resnet_mlops.evaluation.params import EvaluateParams
+from resnet_mlops.engine.artifact import load_model
+from resnet_mlops.engine.metrics import EvalResult, evaluate_model
+from resnet_mlops.engine.runtime import require_device, resolve_precision, setup_runtime
+from resnet_mlops.errors import DataError
 from resnet_mlops.evaluation.plots import plot_confusion
-from resnet_mlops.train.artifact import load_model
-from resnet_mlops.train.runtime import resolve_precision, setup_runtime
+from resnet_mlops.io import atomic_write_bytes, write_json_atomic
+from resnet_mlops.params import check_split, load_params
+from resnet_mlops.params.evaluate import EvaluateParams
 
 
 @dataclass(frozen=True)
@@ -134,9 +134,10 @@ def run_evaluation(
     params_path: Path, overrides: list[str], model_path: Path, data: Path | None, paths: EvalPaths
 ) -> dict[str, Any]:
     """Parse params, :func:`evaluate`, and log the results to the model's MLflow run."""
-    dataset, sections, _ = load_sections(
-        params_path, {"evaluate": EvaluateParams, "loader": LoaderParams}, overrides
-    )
+    params, _ = load_params(params_path, overrides)
+    check_split(params, params_path)
+    require_device(params_path, "evaluate.device", params.evaluate.device)
+    dataset, sections = params.dataset, {"evaluate": params.evaluate, "loader": params.loader}
     data_dir = data or Path("data/preprocessed") / dataset
     metrics = evaluate(
         dataset, sections["evaluate"], sections["loader"], model_path, data_dir, paths

@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
+from resnet_mlops.engine.checkpoint import CheckpointError, save_checkpoint
 from resnet_mlops.models import ResNet, build_model, count_parameters
-from resnet_mlops.train.checkpoint import CheckpointError, save_checkpoint
 
 FORMAT = "resnet-mlops/model/1"
 
@@ -57,7 +57,7 @@ def load_model(path: Path) -> tuple[ResNet, dict[str, Any]]:
     Raises:
         CheckpointError: missing, corrupt, or not a model file.
     """
-    from resnet_mlops.train.checkpoint import load_checkpoint
+    from resnet_mlops.engine.checkpoint import load_checkpoint
 
     state = load_checkpoint(path)
     if state.get("kind") != FORMAT:

@@ -1,0 +1,6 @@
+"""One module per dvc.yaml stage: the only place that combines the packages below.
+
+Each module's import closure is exactly its stage's code deps in dvc.yaml (a test checks it),
+so editing a module reruns only the stages that import it. The CLI parses flags and calls
+these; it is not a dep (it decides no output).
+"""
