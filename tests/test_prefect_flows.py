@@ -254,7 +254,7 @@ def test_a_deployment_from_prefect_yaml_runs_every_stage_on_a_worker(stack: Stac
         "resnet-pipeline/cifar10-resnet20",
         "--param",
         "model=plain20",
-        # As the README shows: a JSON list of key=value strings.
+        # As the README and docs/prefect.md show: a JSON list of key=value strings.
         "--param",
         'overrides=["train.schedule.length=20", "train.schedule.milestones=[10]"]',
         env=stack.env,

@@ -4,7 +4,7 @@ MinIO has no package on the build machines, so ``moto``'s server, a real S3-API 
 stands in for it on 127.0.0.1. An ``mlflow server`` on PostgreSQL proxies its artifacts to a
 bucket of it (``--artifacts-destination s3://mlflow/artifacts``, as docker/compose.yaml does with
 MinIO); the pipeline runs with ``dvc repro`` against that server, ``dvc push`` / ``dvc pull`` go
-through a ``dvc-s3`` remote configured as the README says (credentials in
+through a ``dvc-s3`` remote configured as docs/docker-stack.md says (credentials in
 ``.dvc/config.local``), and a clean process pulls the champion through the server. The buckets
 are then read with boto3: the artifacts and the DVC cache are really there.
 """
@@ -136,7 +136,8 @@ def test_dvc_remote_and_mlflow_artifacts_on_s3(
     )
     (repo / "params.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
     run("git", "init", "-q", cwd=repo)
-    # The README's S3 remote: the bucket in .dvc/config, endpoint and keys in config.local.
+    # The S3 remote of docs/docker-stack.md: the bucket in .dvc/config, endpoint and keys in
+    # config.local.
     dvc = (sys.executable, "-m", "dvc")
     run(*dvc, "remote", "add", "-d", "minio", "s3://resnet-mlops/dvc", cwd=repo)
     run(*dvc, "remote", "modify", "--local", "minio", "endpointurl", s3, cwd=repo)
