@@ -209,7 +209,7 @@ def test_an_error_inside_keeps_the_old_output_and_leaves_nothing(tmp_path: Path)
 def test_the_old_output_goes_only_after_the_new_one_is_in_place(
     tmp_path: Path, swap: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from resnet_mlops.data import io
+    from resnet_mlops import io
 
     if swap == "two renames":  # a system without renameat2(RENAME_EXCHANGE)
         monkeypatch.setattr(io, "_exchange", lambda a, b: False)
