@@ -35,6 +35,7 @@ from pipelines.workspace import (
     workspace_lock,
 )
 from resnet_mlops.tracking import RUN_TAGS_ENV
+from resnet_mlops.tracking.lineage import DVC_EXP_TAG, FLOW_RUN_ID_TAG, FLOW_RUN_URL_TAG
 
 TRAIN_STAGE = "train"
 # torchrun's environment form of --nproc_per_node; `resnet train` honours it.
@@ -158,6 +159,27 @@ def experiment_name(run_name: str | None) -> str:
     return f"prefect-{safe}"
 
 
+def lineage_run_tags(
+    run_tags: dict[str, str] | None,
+    changes: list[str],
+    flow_run_id: str | None,
+    flow_run_url: str | None,
+    dvc_experiment: str | None,
+) -> dict[str, str]:
+    """The training run's tags from this flow run: the caller's, the overrides, and the
+    lineage key (the flow run's id and page, the DVC experiment the flow will save)."""
+    tags = dict(run_tags or {})
+    if changes:
+        tags[OVERRIDES_TAG] = json.dumps(changes)
+    if flow_run_id:
+        tags[FLOW_RUN_ID_TAG] = flow_run_id
+    if flow_run_id and flow_run_url and not flow_run_url.startswith("None"):
+        tags[FLOW_RUN_URL_TAG] = flow_run_url  # "None/..." when Prefect knows no UI address
+    if dvc_experiment:
+        tags[DVC_EXP_TAG] = dvc_experiment
+    return tags
+
+
 @flow(name="resnet-pipeline")
 def resnet_pipeline(
     dataset: str | None = None,
@@ -211,14 +233,18 @@ def resnet_pipeline(
         logger.info("holding workspace %s (concurrency limit %s)", root, lock)
         # Checked again: another run may have changed params.yaml while this one waited.
         tree = validate_params(root / "params.yaml", changes)
-        tags = {**(run_tags or {}), OVERRIDES_TAG: json.dumps(changes)} if changes else run_tags
+        save = save_experiment and (root / ".git").exists()
+        dvc_experiment = experiment_name(flow_run.get_name()) if save else None
+        tags = lineage_run_tags(
+            run_tags, changes, flow_run.get_id(), flow_run.ui_url, dvc_experiment
+        )
         with params_for_run(root / "params.yaml", changes, persist=persist_overrides):
             for stage in stages:
                 stage_task(stage).with_options(
                     retries=retries, retry_delay_seconds=retry_delay_seconds
                 )(root, stage_env(stage, tags, nproc_per_node))
-            if save_experiment and (root / ".git").exists():
-                record_experiment(root, experiment_name(flow_run.get_name()))
+            if dvc_experiment:
+                record_experiment(root, dvc_experiment)
         if changes and not persist_overrides:
             logger.info("params.yaml is back as it was; this run's overrides: %s", changes)
         outcome = read_outcome(root, tree["dataset"], tree["train"]["model"])

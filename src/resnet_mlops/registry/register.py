@@ -41,6 +41,14 @@ from resnet_mlops.registry.scoring import split_version
 from resnet_mlops.tracking import DATA_VERSION_TAG
 from resnet_mlops.tracking.connection import global_tracking_uri
 from resnet_mlops.tracking.git import GIT_DIRTY_TAG
+from resnet_mlops.tracking.lineage import (
+    DVC_EXP_TAG,
+    FLOW_RUN_ID_TAG,
+    FLOW_RUN_URL_TAG,
+    RUN_ID_TAG,
+    lock_tags,
+    model_version_description,
+)
 from resnet_mlops.tracking.runs import experiment_id
 
 log = logging.getLogger(__name__)
@@ -55,6 +63,10 @@ class RegisterPaths:
     data: Path  # the preprocessed data the evaluation used
     out: Path  # metrics/register.json
     lock: Path = Path("dvc.lock")  # for the data's DVC hash, when DVC ran the stages
+
+
+# dvc.lock's entries that are current when register runs under `dvc repro` (its own is not).
+LOCKED_STAGES = ("prepare", "preprocess", "train", "evaluate")
 
 
 def model_name(dataset: str, params: RegisterParams) -> str:
@@ -78,6 +90,26 @@ def read_evaluation(path: Path, model: str) -> dict[str, Any]:
     if evaluation.get("model") != model:
         raise RegistryError(f"{path}: evaluates {evaluation.get('model')!r}, not {model!r}")
     return evaluation
+
+
+def _read_lock(lock: Path) -> dict[str, Any]:
+    """The parsed ``dvc.lock``; empty when there is none (the stages ran without DVC)."""
+    try:
+        tree = yaml.safe_load(lock.read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    return tree if isinstance(tree, dict) else {}
+
+
+def lineage_tags(provenance: dict[str, Any], lock: dict[str, Any]) -> dict[str, str]:
+    """The lineage key the training run recorded (DVC experiment, Prefect flow run), its run
+    id, and the hashes of the stages ``dvc.lock`` records now (see
+    :mod:`resnet_mlops.tracking.lineage`)."""
+    keys = (DVC_EXP_TAG, FLOW_RUN_ID_TAG, FLOW_RUN_URL_TAG)
+    tags = {key: str(provenance[key]) for key in keys if provenance.get(key)}
+    if provenance.get("mlflow_run_id"):
+        tags[RUN_ID_TAG] = str(provenance["mlflow_run_id"])
+    return {**tags, **lock_tags(lock, LOCKED_STAGES)}
 
 
 def dvc_hash(lock: Path, data: Path) -> str | None:
@@ -206,8 +238,9 @@ def _rank(
     return decision
 
 
-def _record(name: str, decision: Decision, out: Path) -> None:
-    """Write the decision for DVC and log it, with both figures, to the active run."""
+def _record(name: str, decision: Decision, out: Path, lineage: dict[str, str]) -> None:
+    """Write the decision for DVC and log it, with both figures and the lineage tags the run
+    lacks (the train stage's own ``dvc.lock`` hash), to the active run."""
     write_json_atomic(out, {"name": name, **decision.as_metrics()})
     figures = {
         "registry_challenger_test_error": decision.challenger.test_error,
@@ -218,6 +251,7 @@ def _record(name: str, decision: Decision, out: Path) -> None:
     mlflow.log_metrics(figures)
     mlflow.set_tags(
         {
+            **{key: value for key, value in lineage.items() if key != RUN_ID_TAG},
             "registry.model": f"models:/{name}/{decision.challenger.version}",
             "registry.decision": decision.reason,
         }
@@ -238,6 +272,7 @@ def register(dataset: str, params: RegisterParams, paths: RegisterPaths, uri: st
     split = str(evaluation["split"])
     test_version = split_version(paths.data, dataset, split)
     tags = version_tags(dataset, meta, evaluation, test_version, dvc_hash(paths.lock, paths.data))
+    lineage = lineage_tags(meta["provenance"], _read_lock(paths.lock))
     name = model_name(dataset, params)
     client = MlflowClient(uri)
     with (
@@ -246,14 +281,22 @@ def register(dataset: str, params: RegisterParams, paths: RegisterPaths, uri: st
         global_tracking_uri(uri),
     ):
         files = write_model_files(model, meta, paths.model, Path(tmp))
-        with _model_run(client, meta, uri):
+        with _model_run(client, meta, uri) as run_id:
             info = log_classifier(files, metadata={"resnet_mlops": _summary(tags)})
-            version = mlflow.register_model(info.model_uri, name, tags=tags)
+            lineage[RUN_ID_TAG] = run_id  # the run the version was logged from
+            version = mlflow.register_model(info.model_uri, name, tags={**tags, **lineage})
             if not client.get_registered_model(name).description:
                 client.update_registered_model(
                     name, f"{dataset} image classifier (resnet-mlops). Input: {INPUT_DESCRIPTION}"
                 )
             challenger = Standing(str(version.version), float(evaluation[ERROR_TAG]), test_version)
             decision = _rank(client, name, challenger, params.margin, paths.data, split, dataset)
-            _record(name, decision, paths.out)
+            client.update_model_version(
+                name,
+                version.version,
+                model_version_description(
+                    challenger.test_error, split, decision.reason, decision.promoted, run_id
+                ),
+            )
+            _record(name, decision, paths.out, lineage)
     return decision

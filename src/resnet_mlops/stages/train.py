@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import yaml
 
 from resnet_mlops.data.loaders import LoaderParams
 from resnet_mlops.engine.checkpoint import peek_checkpoint, remove_stale_temporaries
@@ -21,6 +23,10 @@ from resnet_mlops.train.loop import Interrupted, TrainPaths, TrainResult, TrainS
 from resnet_mlops.train.outdir import lock_output
 from resnet_mlops.train.resume import data_version, mismatch, resume_key
 from resnet_mlops.train.stop import StopRequest, watch_launcher
+
+# The stages upstream of training: under `dvc repro` their dvc.lock entries are current when
+# train starts (train's own entry is recorded after it; `resnet register` tags that one).
+UPSTREAM_STAGES = ("prepare", "preprocess")
 
 
 def load_train_params(
@@ -49,6 +55,44 @@ def _auto_resume(checkpoint: Path, key: dict[str, Any]) -> bool:
         return True
     print(f"not resuming {checkpoint}: {why}; starting afresh", file=sys.stderr)
     return False
+
+
+def _read_yaml(path: Path) -> dict:
+    """A YAML mapping, or empty when the file is missing or unreadable (lineage is optional)."""
+    try:
+        tree = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    return tree if isinstance(tree, dict) else {}
+
+
+def _split_sizes(data_dir: Path) -> dict[str, int]:
+    """The images per split that preprocess recorded in ``stats.json``; empty without one."""
+    try:
+        splits = json.loads((data_dir / "stats.json").read_text()).get("splits", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {str(k): int(v) for k, v in splits.items()} if isinstance(splits, dict) else {}
+
+
+def _log_lineage(tracker: Any, uri: str, dataset: Any) -> None:
+    """Log the input dataset to the open run and say where the run is, on stderr."""
+    from mlflow import MlflowClient
+
+    from resnet_mlops.tracking.connection import short_http_limits
+    from resnet_mlops.tracking.lineage import dataset_input, run_url
+
+    run_id, url = tracker.run_id, None
+    if tracker.active:
+        try:
+            with short_http_limits():
+                client = MlflowClient(uri)
+                client.log_inputs(run_id, datasets=[dataset_input(dataset)])
+                url = run_url(uri, client.get_run(run_id).info.experiment_id, run_id)
+        except Exception as error:  # the run is tracked either way; the input is an extra
+            print(f"MLflow run {run_id}: input dataset not logged: {error}", file=sys.stderr)
+    if run_id:
+        print(f"MLflow run {run_id}: {url or uri}", file=sys.stderr)
 
 
 def _run_status(uri: str, run_id: str) -> str | None:
@@ -99,9 +143,11 @@ class _TrackerSink:
         tags: dict,
         version: str,
         run_name: str,
+        dataset: Any = None,
     ) -> None:
         self.settings = (experiment, uri, history, run_name)
         self.params, self.tags, self.version = params, tags, version
+        self.dataset = dataset  # a tracking.lineage.ManifestDataset: the run's input
         self.tracker: Any = None
 
     def on_start(self, state: TrainState) -> str | None:
@@ -125,7 +171,9 @@ class _TrackerSink:
             history_path=history,
             resumed=state.iteration > 0,  # keeps the journal of a run the server never saw
         )
-        return self.tracker.start(self.params, tags, data_version=self.version)
+        run_id = self.tracker.start(self.params, tags, data_version=self.version)
+        _log_lineage(self.tracker, uri, self.dataset)
+        return run_id
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         if self.tracker is not None:
@@ -167,6 +215,14 @@ def run_training(
         Interrupted: SIGTERM, or the launcher exited; the checkpoint was saved.
     """
     from resnet_mlops.tracking import env_tags, git_tags, tracking_uri
+    from resnet_mlops.tracking.lineage import (
+        NOTE_TAG,
+        ManifestDataset,
+        env_lineage_tags,
+        lock_tags,
+        run_description,
+        run_name,
+    )
 
     dataset, train_params, loader_params, tree = load_train_params(params_path, overrides)
     require_device(params_path, "train.device", train_params.device)
@@ -193,7 +249,18 @@ def run_training(
             resume = rank0 and _auto_resume(paths.checkpoint, key)
         if not resume and rank0:
             _end_abandoned_run(paths.checkpoint, uri)
-        tags = {**git_tags(root), "dataset": dataset, "model": train_params.model, **extra_tags}
+        tags = {
+            **git_tags(root),
+            "dataset": dataset,
+            "model": train_params.model,
+            **env_lineage_tags(os.environ),
+            **lock_tags(_read_yaml(root / "dvc.lock"), UPSTREAM_STAGES),
+            **extra_tags,
+        }
+        tags[NOTE_TAG] = run_description(
+            train_params.model, dataset, train_params.schedule, version, tags
+        )
+        inputs = ManifestDataset(dataset, data_dir.resolve(), version, _split_sizes(data_dir))
         sink = (
             _TrackerSink(
                 train_params.experiment,
@@ -202,7 +269,8 @@ def run_training(
                 tree,
                 tags,
                 version,
-                train_params.model,
+                run_name(train_params.model, train_params.schedule),
+                inputs,
             )
             if rank0
             else None

@@ -16,6 +16,7 @@ from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BA
 from resnet_mlops.errors import UserError
 from resnet_mlops.params.base import flatten
 from resnet_mlops.tracking.connection import local_artifact_location
+from resnet_mlops.tracking.lineage import EXPERIMENT_TAGS
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,8 @@ def param_value(value: Any) -> str:
 
 
 def experiment_id(client: MlflowClient, name: str, tracking_uri: str) -> str:
-    """The id of experiment ``name``, created if missing.
+    """The id of experiment ``name``, created if missing (as a model-training experiment, see
+    :data:`~resnet_mlops.tracking.lineage.EXPERIMENT_TAGS`).
 
     Raises:
         TrackingError: the experiment exists but is deleted.
@@ -44,7 +46,7 @@ def experiment_id(client: MlflowClient, name: str, tracking_uri: str) -> str:
     if experiment is None:
         location = local_artifact_location(tracking_uri, name)
         try:
-            return client.create_experiment(name, artifact_location=location)
+            return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
         except MlflowException as error:  # Another process created it just now.
             if error.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise

@@ -42,6 +42,7 @@ TRAIN_CODE = (
     "tracking/env.py",
     "tracking/git.py",
     "tracking/history.py",
+    "tracking/lineage.py",
     "tracking/model.py",
     "tracking/runs.py",
     "tracking/system.py",

@@ -1,0 +1,161 @@
+"""One lineage key on every run and model version: names, tags, description and input dataset.
+
+A training run and the model version registered from it carry the same keys, so each can be
+found from any of the others: the git commit (``mlflow.source.git.commit``), the data's
+manifest hash (``data.version``), the DVC experiment (``dvc.experiment``: ``DVC_EXP_NAME``,
+which ``dvc exp run`` sets for its stages), the hashes of ``dvc.lock``'s stages
+(``dvc.stage.<stage>.md5``), and the Prefect flow run (``prefect.flow_run_id`` and
+``prefect.flow_run_url``; the flows pass them in ``RESNET_RUN_TAGS``, and a Prefect worker's
+flow-run process has ``PREFECT__FLOW_RUN_ID``). Pure functions: the stages read the
+environment and files and hand them in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mlflow.data.dataset_source_registry import get_dataset_source_from_json
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.entities import DatasetInput, InputTag
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_GIT_COMMIT, MLFLOW_RUN_NOTE
+
+from resnet_mlops.params.train import ScheduleParams
+
+# MLflow 3 opens an experiment on its GenAI overview unless this tag says it holds model
+# training runs (the UI reads the tag; "custom_model_development" shows the runs table).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+EXPERIMENT_TAGS = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+
+DVC_EXP_ENV = "DVC_EXP_NAME"  # set by `dvc exp run` for the stages it runs
+PREFECT_FLOW_RUN_ENV = "PREFECT__FLOW_RUN_ID"  # set by a Prefect worker for a flow run
+DVC_EXP_TAG = "dvc.experiment"
+FLOW_RUN_ID_TAG = "prefect.flow_run_id"
+FLOW_RUN_URL_TAG = "prefect.flow_run_url"
+RUN_ID_TAG = "mlflow.run_id"  # on a model version: the training run (also its run_id field)
+NOTE_TAG = MLFLOW_RUN_NOTE  # "mlflow.note.content": the description MLflow's UI shows
+
+
+def stage_tag(stage: str) -> str:
+    """The tag holding the hash of ``stage``'s entry in ``dvc.lock``."""
+    return f"dvc.stage.{stage}.md5"
+
+
+def schedule_label(schedule: ScheduleParams) -> str:
+    """The schedule's length at a glance: ``64k-it`` (64000 iterations), ``90-ep`` (epochs)."""
+    length = schedule.length
+    text = f"{length / 1000:g}k" if length >= 1000 and length % 100 == 0 else str(length)
+    return f"{text}-{'it' if schedule.unit == 'iterations' else 'ep'}"
+
+
+def run_name(model: str, schedule: ScheduleParams, short_id: str | None = None) -> str:
+    """A run name that differs at a glance: ``resnet20-64k-it-3f2a``.
+
+    Args:
+        short_id: Four hex digits telling apart runs of one model and schedule; random
+            when None.
+    """
+    return f"{model}-{schedule_label(schedule)}-{short_id or uuid.uuid4().hex[:4]}"
+
+
+def env_lineage_tags(env: Mapping[str, str]) -> dict[str, str]:
+    """The DVC experiment and the Prefect flow run named in the environment ``env``."""
+    tags = {}
+    if env.get(DVC_EXP_ENV):
+        tags[DVC_EXP_TAG] = env[DVC_EXP_ENV]
+    if env.get(PREFECT_FLOW_RUN_ENV):
+        tags[FLOW_RUN_ID_TAG] = env[PREFECT_FLOW_RUN_ENV]
+    return tags
+
+
+def stage_hash(lock: Mapping[str, Any], stage: str) -> str | None:
+    """An md5 over the hashes ``dvc.lock`` records for ``stage``'s deps and outs; None when the
+    lock has no such stage.
+
+    ``lock`` is the parsed ``dvc.lock``. The hash changes exactly when DVC would consider the
+    stage's inputs or results changed (params aside: they are in the run's params).
+    """
+    entry = (lock.get("stages") or {}).get(stage)
+    if not isinstance(entry, Mapping):
+        return None
+    files = sorted(
+        (str(item.get("path")), str(item.get("md5")))
+        for part in ("deps", "outs")
+        for item in entry.get(part) or []
+        if isinstance(item, Mapping)
+    )
+    return hashlib.md5(json.dumps(files).encode()).hexdigest()
+
+
+def lock_tags(lock: Mapping[str, Any], stages: tuple[str, ...]) -> dict[str, str]:
+    """``dvc.stage.<stage>.md5`` for each of ``stages`` that ``dvc.lock`` records."""
+    hashes = {stage: stage_hash(lock, stage) for stage in stages}
+    return {stage_tag(stage): md5 for stage, md5 in hashes.items() if md5}
+
+
+def run_description(
+    model: str, dataset: str, schedule: ScheduleParams, data_version: str, tags: Mapping[str, str]
+) -> str:
+    """The run's description (``mlflow.note.content``): what ran, on which data, from where."""
+    lines = [
+        f"{model} on {dataset}, {schedule.length} {schedule.unit} "
+        f"(lr steps at {list(schedule.milestones)}).",
+        f"Data: manifest hash {data_version}.",
+        f"Code: git {tags.get(MLFLOW_GIT_COMMIT, 'unknown')[:12]}.",
+    ]
+    if DVC_EXP_TAG in tags:
+        lines.append(f"DVC experiment: {tags[DVC_EXP_TAG]}.")
+    if FLOW_RUN_ID_TAG in tags:
+        where = tags.get(FLOW_RUN_URL_TAG) or tags[FLOW_RUN_ID_TAG]
+        lines.append(f"Prefect flow run: {where}.")
+    return "\n".join(lines)
+
+
+class ManifestDataset(MetaDataset):
+    """The preprocessed data as MLflow sees it: its name, folder, manifest hash and split sizes.
+
+    ``MetaDataset`` has no profile; the split sizes are what tells two versions apart at a
+    glance in the run's Datasets panel.
+    """
+
+    def __init__(self, name: str, source: Path, digest: str, splits: Mapping[str, int]) -> None:
+        # Resolving the path itself warns that "local" and "file" both match it.
+        local = get_dataset_source_from_json(json.dumps({"uri": str(source)}), "local")
+        super().__init__(local, name=name, digest=digest)
+        self._splits = dict(splits)
+
+    @property
+    def profile(self) -> dict[str, Any]:
+        """The number of images in each split."""
+        return {"splits": self._splits}
+
+    def to_dict(self) -> dict[str, str]:
+        """MetaDataset's fields and the profile, as MLflow stores them."""
+        return {**super().to_dict(), "profile": json.dumps(self.profile)}
+
+
+def model_version_description(
+    test_error: float, split: str, decision: str, promoted: bool, run_id: str | None
+) -> str:
+    """A model version's description: its test error and the champion decision."""
+    verdict = "champion" if promoted else "challenger"
+    run = f" Training run {run_id}." if run_id else ""
+    return f"Test top-1 error {test_error:.2f}% on {split}. {verdict}: {decision}.{run}"
+
+
+def dataset_input(dataset: ManifestDataset, context: str = "train") -> DatasetInput:
+    """What ``MlflowClient.log_inputs`` takes for ``dataset`` (``mlflow.log_input`` needs an
+    active fluent run, which the tracker does not open)."""
+    return DatasetInput(dataset._to_mlflow_entity(), [InputTag(MLFLOW_DATASET_CONTEXT, context)])
+
+
+def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str | None:
+    """``<server>/#/experiments/<id>/runs/<run>`` for an HTTP(S) server; None otherwise."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return None
+    return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
