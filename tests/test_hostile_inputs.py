@@ -38,7 +38,7 @@ from resnet_mlops.registry.connection import RegistryError
 from resnet_mlops.registry.package import preprocessing_spec
 from resnet_mlops.registry.predict import read_images
 from resnet_mlops.stages.evaluate import EvalPaths, EvaluateParams, evaluate
-from resnet_mlops.train.loop import _eval_split
+from resnet_mlops.train.trainer import eval_split
 
 GIB = 2**30
 
@@ -373,16 +373,16 @@ def cifar_dir(tmp_path: Path) -> Path:
 
 
 def test_missing_val_arrays_are_an_error_not_test_set_validation(cifar_dir: Path) -> None:
-    assert _eval_split("cifar10", cifar_dir) == "val"
+    assert eval_split("cifar10", cifar_dir) == "val"
     (cifar_dir / "val_images.npy").unlink()
     (cifar_dir / "val_labels.npy").unlink()
     with pytest.raises(DataError, match=r"val_images.npy: no such file, but .*stats.json lists"):
-        _eval_split("cifar10", cifar_dir)
+        eval_split("cifar10", cifar_dir)
     # Without a validation split (val_size 0), training scores itself on the test set.
     stats = json.loads((cifar_dir / "stats.json").read_text())
     del stats["splits"]["val"]
     (cifar_dir / "stats.json").write_text(json.dumps(stats))
-    assert _eval_split("cifar10", cifar_dir) == "test"
+    assert eval_split("cifar10", cifar_dir) == "test"
 
 
 def test_an_empty_training_split_is_one_line(tmp_path: Path, cifar_dir: Path) -> None:

@@ -8,7 +8,8 @@ import io
 import re
 import tarfile
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +107,66 @@ class Verified:
     ignored: list[str]
 
 
+@dataclass
+class _Listing:
+    """What the walk over a source saw besides the image bytes: folders, class names, images."""
+
+    folders: dict[str | None, set[str]] = field(default_factory=dict)
+    synsets: dict[str, str] = field(default_factory=dict)
+    file_names: dict[str, str] = field(default_factory=dict)
+    ignored: list[str] = field(default_factory=list)
+    items: list[tuple[str, str | None, str]] = field(default_factory=list)
+
+    def images(self, entries: Iterable[tuple[str, bytes | None]]) -> Iterator[tuple[str, bytes]]:
+        """The images of ``entries``, noting folders, synset files and the rest on the way."""
+        for name, data in entries:
+            if data is None:
+                parts = name.rstrip("/").split("/")
+                if len(parts) >= 2 and parts[-2] in SPLITS:
+                    self.folders.setdefault(parts[-2], set()).add(parts[-1])
+                continue
+            if name.rsplit("/", 1)[-1] in SYNSET_FILES:
+                for line in data.decode("utf-8", "replace").splitlines():
+                    wnid, _, words = line.strip().partition(" ")
+                    if wnid:
+                        self.synsets[wnid] = words.split(",")[0].strip()
+                continue
+            parsed = classify(name)
+            if parsed is None:
+                self.ignored.append(name)
+                continue
+            split, wnid, filename = parsed
+            self.folders.setdefault(split, set()).add(wnid)
+            self.items.append((name, split, wnid))
+            stem = filename.rsplit(".", 1)[0]
+            if (match := NAMED_FILE.match(stem)) and match["wnid"] == wnid:
+                self.file_names.setdefault(wnid, match["name"].replace("_", " "))
+            yield name, data
+
+    def layout(self, origin: str) -> tuple[bool, list[str | None], list[str]]:
+        """Whether the classes sit at the top, the splits, and the classes every split has.
+
+        Raises:
+            DataError: no images, mixed layouts, or a class missing from a split.
+        """
+        if not self.items:
+            raise DataError(f"{origin}: no images in class folders found")
+        layouts = {split is None for _, split, _ in self.items}
+        if len(layouts) > 1:
+            raise DataError(
+                f"{origin}: mixes class folders at the top with train/ and val/ folders"
+            )
+        single = layouts == {True}
+        split_names = [None] if single else [s for s in SPLITS if s in self.folders]
+        class_sets = {split: self.folders.get(split, set()) for split in split_names}
+        for split in split_names[1:]:
+            for a, b in ((split_names[0], split), (split, split_names[0])):
+                missing = sorted(class_sets[a] - class_sets[b])
+                if missing:
+                    raise DataError(f"{origin}: class '{missing[0]}' is in {a} but not in {b}")
+        return single, split_names, sorted(class_sets[split_names[0]])
+
+
 def verify_source(
     entries: object,
     origin: str,
@@ -119,66 +180,22 @@ def verify_source(
     ``entries`` yields ``(name, bytes)`` for files and ``(name, None)`` for folders. Images
     over ``max_pixels`` are refused (or skipped) from their header, before decoding.
     """
-    folders: dict[str | None, set[str]] = {}
-    synsets: dict[str, str] = {}
-    file_names: dict[str, str] = {}
-    ignored: list[str] = []
-    problems: list[Problem] = []
-    items: list[tuple[str, str | None, str]] = []
-
-    def files():
-        for name, data in entries:  # type: ignore[attr-defined]
-            if data is None:
-                parts = name.rstrip("/").split("/")
-                if len(parts) >= 2 and parts[-2] in SPLITS:
-                    folders.setdefault(parts[-2], set()).add(parts[-1])
-                continue
-            if name.rsplit("/", 1)[-1] in SYNSET_FILES:
-                for line in data.decode("utf-8", "replace").splitlines():
-                    wnid, _, words = line.strip().partition(" ")
-                    if wnid:
-                        synsets[wnid] = words.split(",")[0].strip()
-                continue
-            parsed = classify(name)
-            if parsed is None:
-                ignored.append(name)
-                continue
-            split, wnid, filename = parsed
-            folders.setdefault(split, set()).add(wnid)
-            items.append((name, split, wnid))
-            stem = filename.rsplit(".", 1)[0]
-            if (match := NAMED_FILE.match(stem)) and match["wnid"] == wnid:
-                file_names.setdefault(wnid, match["name"].replace("_", " "))
-            yield name, data
-
+    listing = _Listing()
     results = list(
         ordered_map(
             _Inspect(max_pixels),
-            files(),
+            listing.images(entries),  # type: ignore[arg-type]
             workers=workers,
             description="verify images",
             chunksize=16,
             weight=_payload_bytes,
         )
     )
-    if not items:
-        raise DataError(f"{origin}: no images in class folders found")
-    layouts = {split is None for _, split, _ in items}
-    if len(layouts) > 1:
-        raise DataError(f"{origin}: mixes class folders at the top with train/ and val/ folders")
-    single = layouts == {True}
-    split_names = [None] if single else [s for s in SPLITS if s in folders]
-    class_sets = {split: folders.get(split, set()) for split in split_names}
-    reference = class_sets[split_names[0]]
-    for split in split_names[1:]:
-        for a, b in ((split_names[0], split), (split, split_names[0])):
-            missing = sorted(class_sets[a] - class_sets[b])
-            if missing:
-                raise DataError(f"{origin}: class '{missing[0]}' is in {a} but not in {b}")
-    wnids = sorted(reference)
+    single, split_names, wnids = listing.layout(origin)
     label_of = {wnid: index for index, wnid in enumerate(wnids)}
     splits: dict[str, list[Entry]] = {("train" if s is None else s): [] for s in split_names}
-    for (name, split, wnid), (size, digest, info) in zip(items, results, strict=True):
+    problems: list[Problem] = []
+    for (name, split, wnid), (size, digest, info) in zip(listing.items, results, strict=True):
         if isinstance(info, str):
             if not skip_corrupt:
                 raise DataError(f"{origin}:{name}: {info}")
@@ -204,8 +221,8 @@ def verify_source(
                 folder = wnid if single else f"{split}/{wnid}"
                 raise DataError(f"{origin}:{folder}: class folder has no images")
         split_entries.sort(key=lambda e: e.file)
-    names = [synsets.get(w) or file_names.get(w) or w for w in wnids]
-    return Verified(splits, wnids, names, single, problems, ignored)
+    names = [listing.synsets.get(w) or listing.file_names.get(w) or w for w in wnids]
+    return Verified(splits, wnids, names, single, problems, listing.ignored)
 
 
 def write_split_tsv(path: Path, entries: list[Entry]) -> None:

@@ -19,7 +19,14 @@ from resnet_mlops.models import MODELS
 from resnet_mlops.params.base import ConfigError, load_sections
 from resnet_mlops.params.train import TrainParams
 from resnet_mlops.train.curves import plot_training_curves
-from resnet_mlops.train.loop import Interrupted, TrainPaths, TrainResult, TrainState, train
+from resnet_mlops.train.loop import (
+    Interrupted,
+    TrainJob,
+    TrainPaths,
+    TrainResult,
+    TrainState,
+    train,
+)
 from resnet_mlops.train.outdir import lock_output
 from resnet_mlops.train.resume import data_version, mismatch, resume_key
 from resnet_mlops.train.stop import StopRequest, watch_launcher
@@ -240,19 +247,30 @@ def run_training(
         if stop_with_parent:
             scope.callback(watch_launcher(stop))
         if rank0:  # the only writer of `out` (other ranks may not even share its disk)
-            scope.enter_context(lock_output(out))
-            for path in (paths.checkpoint, paths.model):
-                for leftover in remove_stale_temporaries(path):
-                    print(f"removed {leftover}, left by a killed resnet train", file=sys.stderr)
+            _claim_output(scope, out, paths)
         if resume == "auto":
             # Rank 0 decides for all ranks (train() sends its checkpoint to the others).
             resume = rank0 and _auto_resume(paths.checkpoint, key)
         if not resume and rank0:
             _end_abandoned_run(paths.checkpoint, uri)
-        tags = {
+        base_tags = {
             **git_tags(root),
             "dataset": dataset,
             "model": train_params.model,
+            **extra_tags,
+        }
+        job = TrainJob(
+            dataset,
+            train_params,
+            loader_params,
+            data_dir,
+            paths,
+            config=tree,
+            provenance={"data_version": version, **base_tags},
+            resume_key=key,
+        )
+        tags = {
+            **base_tags,
             **env_lineage_tags(os.environ),
             **lock_tags(_read_yaml(root / "dvc.lock"), UPSTREAM_STAGES),
             **extra_tags,
@@ -275,31 +293,40 @@ def run_training(
             if rank0
             else None
         )
-        try:
-            result = train(
-                dataset,
-                train_params,
-                loader_params,
-                data_dir,
-                paths,
-                resume=resume,
-                sink=sink,
-                on_start=sink.on_start if sink else None,
-                provenance={"data_version": version, **tags},
-                config=tree,
-                resume_key=key,
-                stop=stop,
-            )
-            if sink is not None:
-                _log_outcome(sink, result, stop, paths, out, dataset, train_params.model, uri)
-        except Interrupted:
-            if sink:
-                sink.finish("KILLED")
-            raise
-        except BaseException:
-            if sink:
-                sink.finish("FAILED")
-            raise
+        return _train_tracked(job, sink, resume=resume, stop=stop, uri=uri)
+
+
+def _claim_output(scope: contextlib.ExitStack, out: Path, paths: TrainPaths) -> None:
+    """Lock ``out`` for this run (held until ``scope`` closes) and remove the temporary files
+    a killed run left there."""
+    scope.enter_context(lock_output(out))
+    for path in (paths.checkpoint, paths.model):
+        for leftover in remove_stale_temporaries(path):
+            print(f"removed {leftover}, left by a killed resnet train", file=sys.stderr)
+
+
+def _train_tracked(
+    job: TrainJob, sink: _TrackerSink | None, *, resume: bool, stop: StopRequest, uri: str
+) -> TrainResult:
+    """Train, then log the outcome; the MLflow run ends KILLED or FAILED if training does."""
+    try:
+        result = train(
+            job,
+            resume=resume,
+            sink=sink,
+            on_start=sink.on_start if sink else None,
+            stop=stop,
+        )
+        if sink is not None:
+            _log_outcome(sink, result, stop, job, uri)
+    except Interrupted:
+        if sink:
+            sink.finish("KILLED")
+        raise
+    except BaseException:
+        if sink:
+            sink.finish("FAILED")
+        raise
     return result
 
 
@@ -307,10 +334,7 @@ def _log_outcome(
     sink: _TrackerSink,
     result: TrainResult,
     stop: StopRequest,
-    paths: TrainPaths,
-    out: Path,
-    dataset: str,
-    model: str,
+    job: TrainJob,
     uri: str,
 ) -> None:
     """Log the curves and the model to the run, and end it FINISHED.
@@ -319,6 +343,7 @@ def _log_outcome(
         Interrupted: a stop was requested after training; the outputs are written, the run
             ends KILLED without the curves and model.
     """
+    paths, dataset, model = job.paths, job.dataset, job.params.model
     if result.rebuilt:
         status = _run_status(uri, result.run_id) if result.run_id else None
         print(
@@ -337,7 +362,7 @@ def _log_outcome(
         )
     if sink.tracker is None:
         return
-    curves = out / "training_curves.png"
+    curves = paths.checkpoint.parent / "training_curves.png"  # beside it, in `out`
     plot_training_curves(result.history, curves, f"{model} on {dataset}")
     sink.tracker.log_artifact(curves, "plots")
     sink.tracker.log_artifact(paths.history, "plots")
