@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import secrets
 import sys
 from pathlib import Path
@@ -34,7 +35,6 @@ from pipelines.trainjob import (
     TrainJobRequest,
     logs_command,
     run_folder,
-    run_paths,
     trainjob_manifest,
 )
 from pipelines.trainjob_api import (
@@ -44,6 +44,7 @@ from pipelines.trainjob_api import (
     follow_trainjob,
     one_line,
     rank0_log_tail,
+    running_trainjob,
 )
 from pipelines.workspace import run_overrides, validate_params
 
@@ -64,7 +65,9 @@ def kube_client() -> ApiClient:
         config.load_incluster_config(client_configuration=configuration)
     except config.ConfigException:
         try:
-            config.load_kube_config(client_configuration=configuration)
+            # Read now, not when the kubernetes package was imported (its default is).
+            kubeconfig = os.environ.get("KUBECONFIG")
+            config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
         except (config.ConfigException, OSError) as error:
             raise TrainJobError(
                 "no Kubernetes credentials: not in a pod, and no usable kubeconfig "
@@ -80,13 +83,32 @@ def trainjob_name(run: str) -> str:
     return f"{run}-{secrets.token_hex(SUFFIX_BYTES)}"
 
 
-@task(name="submit-trainjob", cache_policy=NO_CACHE)
+def check_world_size(batch_size: int, num_nodes: int, gpus_per_node: int) -> None:
+    """``train.batch_size`` is the global batch: it must split evenly over the ranks.
+
+    Raises:
+        TrainJobError: it does not (one line naming the key and the ranks).
+    """
+    ranks = num_nodes * max(gpus_per_node, 1)
+    if batch_size % ranks:
+        raise TrainJobError(
+            f"train.batch_size {batch_size} is not divisible by {ranks} ranks "
+            f"({num_nodes} nodes x {max(gpus_per_node, 1)} processes)"
+        )
+
+
+@task(name="submit-trainjob", task_run_name="submit-trainjob", cache_policy=NO_CACHE)
 def submit_trainjob(request: TrainJobRequest) -> str:
     """Create the TrainJob; its name."""
     logger = get_run_logger()
-    body = trainjob_manifest(request)
     with kube_client() as client:
-        create_trainjob(client, body)
+        mine = running_trainjob(client, request.namespace, request.run, request.owner)
+        if mine:
+            logger.warning(
+                "TrainJob %s/%s of this flow run is still on: following it", request.namespace, mine
+            )
+            return mine
+        create_trainjob(client, trainjob_manifest(request))
     logger.info(
         "created TrainJob %s/%s: %d node(s) x %d GPU(s), image %s, run folder %s",
         request.namespace,
@@ -94,13 +116,13 @@ def submit_trainjob(request: TrainJobRequest) -> str:
         request.num_nodes,
         request.gpus_per_node,
         request.image,
-        run_paths(request.run)["--out"],
+        run_folder(request.run),
     )
     logger.info("rank 0's output: %s", logs_command(request.namespace, request.name))
     return request.name
 
 
-@task(name="follow-trainjob", cache_policy=NO_CACHE)
+@task(name="follow-trainjob", task_run_name="follow-trainjob", cache_policy=NO_CACHE)
 def follow(namespace: str, name: str, limits: FollowLimits) -> str:
     """Wait for the TrainJob to end; rank 0's last lines go to the log either way."""
     logger = get_run_logger()
@@ -159,8 +181,12 @@ def k8s_train(
     """
     logger = get_run_logger()
     changes = run_overrides(dataset, model, overrides)
-    validate_params(Path("params.yaml"), changes)  # a bad key fails here, before the cluster
-    tags = {"prefect_flow_run": str(flow_run.get_id() or "")}
+    # A bad key fails here, before anything reaches the cluster; so does a batch the ranks
+    # cannot share (resnet train would refuse it only once every node has started).
+    tree = validate_params(Path("params.yaml"), changes)
+    check_world_size(tree["train"]["batch_size"], num_nodes, gpus_per_node)
+    flow_run_id = str(flow_run.get_id() or "")
+    tags = {"prefect_flow_run": flow_run_id}
     if changes:
         tags[OVERRIDES_TAG] = json.dumps(changes)
     request = TrainJobRequest(
@@ -175,6 +201,7 @@ def k8s_train(
         memory=memory_per_node,
         data=data,
         run_tags=tags,
+        owner=flow_run_id,
     )
     name = submit_trainjob(request)
     limits = FollowLimits(timeout_s=timeout_hours * 3600, poll_s=poll_seconds)

@@ -44,6 +44,8 @@ JOBSET_LABEL = "jobset.sigs.k8s.io/jobset-name"
 REPLICATED_JOB_LABEL = "jobset.sigs.k8s.io/replicatedjob-name"
 INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
 RUN_LABEL = "resnet-mlops.io/run"
+# The Prefect flow run that created the TrainJob: a rescheduled flow run finds its own job.
+OWNER_LABEL = "resnet-mlops.io/prefect-flow-run"
 
 
 class TrainJobRequestError(ValueError):
@@ -80,6 +82,7 @@ class TrainJobRequest:
         service_account: The training pods' ServiceAccount (no API access needed).
         secrets: The Secrets with MLflow and S3 settings.
         run_tags: Extra tags for the MLflow run (e.g. the Prefect flow run).
+        owner: Who submits it (the Prefect flow run's id), a label of the TrainJob; "" for none.
     """
 
     name: str
@@ -97,6 +100,7 @@ class TrainJobRequest:
     service_account: str = "resnet-train"
     secrets: Secrets = field(default_factory=Secrets)
     run_tags: Mapping[str, str] = field(default_factory=dict)
+    owner: str = ""
 
     def __post_init__(self) -> None:
         for key in ("name", "run"):
@@ -213,7 +217,11 @@ def trainjob_manifest(request: TrainJobRequest) -> dict[str, Any]:
         "metadata": {
             "name": request.name,
             "namespace": request.namespace,
-            "labels": {"app.kubernetes.io/part-of": "resnet-mlops", RUN_LABEL: request.run},
+            "labels": {
+                "app.kubernetes.io/part-of": "resnet-mlops",
+                RUN_LABEL: request.run,
+                **({OWNER_LABEL: request.owner} if request.owner else {}),
+            },
         },
         "spec": {
             "runtimeRef": {"apiGroup": GROUP, "kind": "ClusterTrainingRuntime", "name": RUNTIME},

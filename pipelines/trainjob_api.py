@@ -22,7 +22,16 @@ from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
-from pipelines.trainjob import GROUP, JOBSET_LABEL, NODE, PLURAL, VERSION, rank0_selector
+from pipelines.trainjob import (
+    GROUP,
+    JOBSET_LABEL,
+    NODE,
+    OWNER_LABEL,
+    PLURAL,
+    RUN_LABEL,
+    VERSION,
+    rank0_selector,
+)
 
 # The TrainJob's condition types (trainer.kubeflow.org/v1alpha1), in the order they decide.
 FAILED, COMPLETE, SUSPENDED = "Failed", "Complete", "Suspended"
@@ -41,7 +50,7 @@ STUCK_REASONS = frozenset(
 )
 EPOCH = datetime.fromtimestamp(0, UTC)
 REQUEST_TIMEOUT_S = 30.0  # per API call: a silent API server must not hang the flow
-# What an API error most likely means when creating a TrainJob, by HTTP status.
+# What an API error most likely means when creating or listing TrainJobs, by HTTP status.
 CREATE_HINTS = {
     403: "the flow's service account needs the Role in deploy/k8s/rbac.yaml",
     404: "is Kubeflow Trainer installed and the namespace created? (docs/kubernetes.md)",
@@ -109,17 +118,58 @@ def create_trainjob(api_client: ApiClient, body: Mapping[str, Any]) -> dict[str,
         return CustomObjectsApi(api_client).create_namespaced_custom_object(
             GROUP, VERSION, namespace, PLURAL, dict(body), _request_timeout=REQUEST_TIMEOUT_S
         )
-    except ApiException as error:
+    except (ApiException, HTTPError) as error:
+        raise _refused(f"create TrainJob {namespace}/{name}", api_client, error) from None
+
+
+def _refused(action: str, api_client: ApiClient, error: Exception) -> TrainJobError:
+    """The one-line error for an API call that could not be made or was refused."""
+    host = api_client.configuration.host
+    if isinstance(error, ApiException):
         hint = CREATE_HINTS.get(error.status)
-        raise TrainJobError(
-            f"cannot create TrainJob {namespace}/{name} at {api_client.configuration.host}: "
-            f"{_api_message(error)}" + (f" ({hint})" if hint else "")
+        return TrainJobError(
+            f"cannot {action} at {host}: {_api_message(error)}" + (f" ({hint})" if hint else "")
+        )
+    return TrainJobError(f"cannot {action}: no Kubernetes API at {host} ({one_line(str(error))})")
+
+
+def running_trainjob(api_client: ApiClient, namespace: str, run: str, owner: str) -> str | None:
+    """The TrainJob of ``run`` that ``owner`` created and that has not ended, if any.
+
+    A flow run that Prefect rescheduled (its pod was evicted) finds the job it created and
+    follows it again, rather than starting a second writer of the same run folder.
+
+    Raises:
+        TrainJobError: another owner's TrainJob of ``run`` has not ended: two jobs cannot
+            write one run folder (the second would stop on its lock); or the API refused the
+            list (no Kubeflow Trainer, no permission).
+    """
+    try:
+        listed = CustomObjectsApi(api_client).list_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            label_selector=f"{RUN_LABEL}={run}",
+            _request_timeout=REQUEST_TIMEOUT_S,
+        )
+    except (ApiException, HTTPError) as error:
+        raise _refused(
+            f"list the TrainJobs of run {run} in {namespace}", api_client, error
         ) from None
-    except HTTPError as error:
+    for job in listed.get("items") or []:
+        state = job_state(job)
+        if state.phase in (COMPLETE, FAILED):
+            continue
+        name = job["metadata"]["name"]
+        if owner and (job["metadata"].get("labels") or {}).get(OWNER_LABEL) == owner:
+            return name
         raise TrainJobError(
-            f"cannot create TrainJob {namespace}/{name}: no Kubernetes API at "
-            f"{api_client.configuration.host} ({one_line(str(error))})"
-        ) from None
+            f"run {run} already has TrainJob {namespace}/{name} ({state.describe()}): wait for "
+            f"it to end, or delete it (kubectl -n {namespace} delete trainjob {name}), or use "
+            "another run name"
+        )
+    return None
 
 
 def delete_trainjob(api_client: ApiClient, namespace: str, name: str) -> None:

@@ -1,11 +1,11 @@
 """A few Kubernetes API endpoints on 127.0.0.1, for the real ``kubernetes`` client.
 
     with kube_api() as api:
-        api.statuses = [{}, {"conditions": [...]}]   # what each GET of the TrainJob shows
+        api.answer({}, condition("Failed", "FailedJobs", "..."))  # each GET of the TrainJob
         client = ApiClient(Configuration(host=api.url))
 
-It speaks what the TrainJob flow calls: create, get and delete of
-``trainer.kubeflow.org/v1alpha1`` trainjobs, the pod list (with a label selector) and a pod's
+It speaks what the TrainJob flow calls: create, get, list (with a label selector) and delete
+of ``trainer.kubeflow.org/v1alpha1`` trainjobs, the pod list (with a label selector) and a pod's
 log, answering as the API server does (JSON objects, ``Status`` bodies on errors). Every
 request is recorded (method, path, query, JSON body) for the tests to assert on.
 """
@@ -44,6 +44,8 @@ class KubeApi:
         create_error: ``(HTTP status, reason, message)`` to refuse the next create with.
         pods: Pod objects (JSON) the pod list returns, filtered by the label selector.
         log: The text a pod's log returns (``tailLines`` applied).
+        trainer_installed: False answers every trainjobs request as a cluster without Kubeflow
+            Trainer's CRDs does (404, "the server could not find the requested resource").
     """
 
     url: str = ""
@@ -51,9 +53,29 @@ class KubeApi:
     create_error: tuple[int, str, str] | None = None
     pods: list[dict[str, Any]] = field(default_factory=list)
     log: str = ""
+    trainer_installed: bool = True
     trainjobs: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     requests: list[Request] = field(default_factory=list)
     _gets: int = 0
+
+    def answer(self, *statuses: dict[str, Any]) -> None:
+        """Show ``statuses`` to the next GETs of a TrainJob, one each; the last repeats."""
+        self.statuses, self._gets = list(statuses), 0
+
+
+def condition(kind: str, reason: str, message: str) -> dict[str, Any]:
+    """A TrainJob ``status`` with one true condition."""
+    return {
+        "conditions": [
+            {
+                "type": kind,
+                "status": "True",
+                "reason": reason,
+                "message": message,
+                "lastTransitionTime": "2026-01-01T00:00:00Z",
+            }
+        ]
+    }
 
 
 def status_body(code: int, reason: str, message: str) -> dict[str, Any]:
@@ -95,11 +117,21 @@ def _handler(state: KubeApi) -> type[http.server.BaseHTTPRequestHandler]:
             state.requests.append(Request(self.command, url.path, query, body))
             return url.path.strip("/").split("/"), query, body
 
+        def _no_trainer(self, parts: list[str]) -> bool:
+            """Answer as a cluster without the CRDs, if it is one; whether it answered."""
+            if state.trainer_installed or parts[:2] != ["apis", "trainer.kubeflow.org"]:
+                return False
+            message = "the server could not find the requested resource"
+            self._reply(404, status_body(404, "NotFound", message))
+            return True
+
         def _not_found(self, what: str) -> None:
             self._reply(404, status_body(404, "NotFound", f"{what} not found"))
 
         def do_POST(self) -> None:
             parts, _, body = self._record()
+            if self._no_trainer(parts):
+                return None
             if (
                 parts[:3] != ["apis", "trainer.kubeflow.org", "v1alpha1"]
                 or parts[-1] != "trainjobs"
@@ -116,6 +148,8 @@ def _handler(state: KubeApi) -> type[http.server.BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:
             parts, query, _ = self._record()
+            if self._no_trainer(parts):
+                return None
             if parts[:2] == ["api", "v1"] and parts[-1] == "pods":
                 selector = query.get("labelSelector", "")
                 items = [p for p in state.pods if _matches(p["metadata"]["labels"], selector)]
@@ -123,7 +157,17 @@ def _handler(state: KubeApi) -> type[http.server.BaseHTTPRequestHandler]:
             if parts[:2] == ["api", "v1"] and parts[-1] == "log":
                 lines = state.log.splitlines()[-int(query.get("tailLines", 10**9)) :]
                 return self._reply(200, "".join(f"{line}\n" for line in lines), "text/plain")
-            if parts[:3] == ["apis", "trainer.kubeflow.org", "v1alpha1"] and len(parts) == 7:
+            trainjobs = parts[:3] == ["apis", "trainer.kubeflow.org", "v1alpha1"]
+            if trainjobs and len(parts) == 6:  # a list, with the status a GET would show now
+                status = state.statuses[min(state._gets, len(state.statuses) - 1)]
+                selector = query.get("labelSelector", "")
+                items = [
+                    {**job, "status": status}
+                    for (namespace, _), job in state.trainjobs.items()
+                    if namespace == parts[4] and _matches(job["metadata"]["labels"], selector)
+                ]
+                return self._reply(200, {"kind": "TrainJobList", "items": items})
+            if trainjobs and len(parts) == 7:
                 stored = state.trainjobs.get((parts[4], parts[6]))
                 if stored is None:
                     return self._not_found(f'trainjobs.trainer.kubeflow.org "{parts[6]}"')

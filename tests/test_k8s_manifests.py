@@ -29,8 +29,9 @@ from pipelines.trainjob import (
 )
 
 K8S = REPO / "deploy" / "k8s"
-# The Kubernetes version the manifests are checked against: the oldest minor the docs support.
-KUBERNETES_VERSION = "1.33.0"
+# The Kubernetes version the manifests are checked against: the oldest Kubeflow Trainer v2.3
+# supports (docs/kubernetes.md).
+KUBERNETES_VERSION = "1.31.0"
 # Files of deploy/k8s/ that are not Kubernetes objects.
 NOT_OBJECTS = {"kustomization.yaml", "prefect.yaml"}
 EXAMPLE = TrainJobRequest(

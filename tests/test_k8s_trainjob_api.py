@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from kube_api import TRAINJOBS, KubeApi, kube_api, pod
+from kube_api import TRAINJOBS, KubeApi, condition, kube_api, pod
 from kubernetes.client import ApiClient, Configuration
 from mlflow_server import free_port
 
@@ -19,6 +19,7 @@ from pipelines.trainjob_api import (
     follow_trainjob,
     job_state,
     rank0_log_tail,
+    running_trainjob,
 )
 
 NS = "resnet-mlops"
@@ -32,22 +33,11 @@ REQUEST = TrainJobRequest(
 )
 NAME = REQUEST.name
 FAST = FollowLimits(timeout_s=10.0, poll_s=0.01, stuck_s=600.0)
-RUNNING = {"jobsStatus": [{"name": "node", "active": 1, "ready": 0, "failed": 0,
-                           "succeeded": 0, "suspended": 0}]}  # fmt: skip
-
-
-def condition(kind: str, reason: str, message: str) -> dict:
-    return {
-        "conditions": [
-            {
-                "type": kind,
-                "status": "True",
-                "reason": reason,
-                "message": message,
-                "lastTransitionTime": "2026-01-01T00:00:00Z",
-            }
-        ]
-    }
+RUNNING = {
+    "jobsStatus": [
+        {"name": "node", "active": 1, "ready": 0, "failed": 0, "succeeded": 0, "suspended": 0}
+    ]
+}
 
 
 @pytest.fixture
@@ -91,6 +81,20 @@ def test_a_refused_create_is_one_line_with_the_servers_reason(
     assert f"says {reason}" in message and hint in message and "\n" not in message
 
 
+def test_a_cluster_without_kubeflow_trainer_is_one_line(api: KubeApi, client: ApiClient) -> None:
+    api.trainer_installed = False
+    hint = "(is Kubeflow Trainer installed and the namespace created? (docs/kubernetes.md))"
+    with pytest.raises(TrainJobError) as listing:
+        running_trainjob(client, NS, REQUEST.run, "flow-run-1")
+    assert str(listing.value) == (
+        f"cannot list the TrainJobs of run imagenet-resnet50 in {NS} at {api.url}: "
+        f"the server could not find the requested resource {hint}"
+    )
+    with pytest.raises(TrainJobError) as creating:
+        create_trainjob(client, trainjob_manifest(REQUEST))
+    assert str(creating.value).startswith(f"cannot create TrainJob {NS}/{NAME} at {api.url}: ")
+
+
 def test_no_api_server_is_one_line_naming_it() -> None:
     host = f"http://127.0.0.1:{free_port()}"
     configuration = Configuration(host=host)
@@ -103,11 +107,9 @@ def test_no_api_server_is_one_line_naming_it() -> None:
 
 def test_a_failed_trainjob_raises_naming_it_and_the_reason(api: KubeApi, client: ApiClient) -> None:
     create_trainjob(client, trainjob_manifest(REQUEST))
-    api.statuses = [
-        {},
-        RUNNING,
-        condition("Failed", "FailedJobs", "jobset failed:\nnode-1 exited with 1"),
-    ]
+    api.answer(
+        {}, RUNNING, condition("Failed", "FailedJobs", "jobset failed:\nnode-1 exited with 1")
+    )
     api.pods = [pod(f"{NAME}-node-0-0-x", {"jobset.sigs.k8s.io/jobset-name": NAME})]
     seen: list[str] = []
     with pytest.raises(TrainJobError) as caught:
@@ -131,8 +133,10 @@ def test_rank0s_log_tail_comes_from_its_newest_pod(api: KubeApi, client: ApiClie
         "jobset.sigs.k8s.io/replicatedjob-name": "node",
         "batch.kubernetes.io/job-completion-index": "0",
     }
-    api.pods = [pod(f"{NAME}-node-0-0-abcde", labels), pod(f"{NAME}-node-0-1-fghij", {**labels,
-                "batch.kubernetes.io/job-completion-index": "1"})]  # fmt: skip
+    api.pods = [
+        pod(f"{NAME}-node-0-0-abcde", labels),
+        pod(f"{NAME}-node-0-1-fghij", {**labels, "batch.kubernetes.io/job-completion-index": "1"}),
+    ]
     api.log = "\n".join(f"epoch {i}" for i in range(100))
     assert rank0_log_tail(client, NS, NAME, lines=3) == ["epoch 97", "epoch 98", "epoch 99"]
     listed, read = api.requests
@@ -144,11 +148,11 @@ def test_rank0s_log_tail_comes_from_its_newest_pod(api: KubeApi, client: ApiClie
 
 def test_a_complete_trainjob_after_a_suspension_returns(api: KubeApi, client: ApiClient) -> None:
     create_trainjob(client, trainjob_manifest(REQUEST))
-    api.statuses = [
+    api.answer(
         condition("Suspended", "Suspended", "waiting for quota"),
         RUNNING,
         condition("Complete", "Completed", "jobset completed"),
-    ]
+    )
     seen: list[str] = []
     state = follow_trainjob(client, NS, NAME, FAST, seen.append)
     assert state.phase == "Complete"
@@ -181,7 +185,7 @@ def test_a_pod_stuck_on_its_image_stops_the_wait_and_the_job(
 
 def test_a_trainjob_past_its_timeout_is_deleted(api: KubeApi, client: ApiClient) -> None:
     create_trainjob(client, trainjob_manifest(REQUEST))
-    api.statuses = [RUNNING]
+    api.answer(RUNNING)
     limits = FollowLimits(timeout_s=0.1, poll_s=0.02)
     with pytest.raises(TrainJobError, match=r"did not end within 0\.1 s \(last Running\)"):
         follow_trainjob(client, NS, NAME, limits, lambda line: None)
@@ -202,3 +206,27 @@ def test_the_state_comes_from_true_conditions_failed_first() -> None:
     assert job_state({"status": {"conditions": resumed}}).phase == "Pending"
     assert job_state({"status": {"conditions": resumed, **RUNNING}}).phase == "Running"
     assert job_state({}).phase == "Pending"
+
+
+def test_a_run_has_one_running_trainjob_and_its_owner_finds_it_again(
+    api: KubeApi, client: ApiClient
+) -> None:
+    mine = TrainJobRequest(name="imagenet-resnet50-000001", run=REQUEST.run, image="i",
+                           owner="flow-run-1")  # fmt: skip
+    create_trainjob(client, trainjob_manifest(mine))
+    api.answer(RUNNING)
+    # The same flow run, rescheduled (its pod evicted), follows its own job again.
+    assert running_trainjob(client, NS, REQUEST.run, "flow-run-1") == mine.name
+    listed = api.requests[-1]
+    assert listed.path == TRAINJOBS.format(ns=NS)
+    assert listed.query["labelSelector"] == "resnet-mlops.io/run=imagenet-resnet50"
+    # Another flow run of the same run is refused: two writers of one run folder.
+    with pytest.raises(TrainJobError) as caught:
+        running_trainjob(client, NS, REQUEST.run, "flow-run-2")
+    assert str(caught.value).startswith(
+        f"run imagenet-resnet50 already has TrainJob {NS}/{mine.name} (Running): wait for it"
+    )
+    assert running_trainjob(client, NS, "another-run", "flow-run-2") is None
+    # An ended job is no obstacle.
+    api.answer(condition("Complete", "Completed", ""))
+    assert running_trainjob(client, NS, REQUEST.run, "flow-run-2") is None
