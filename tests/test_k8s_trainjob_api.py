@@ -211,8 +211,9 @@ def test_the_state_comes_from_true_conditions_failed_first() -> None:
 def test_a_run_has_one_running_trainjob_and_its_owner_finds_it_again(
     api: KubeApi, client: ApiClient
 ) -> None:
-    mine = TrainJobRequest(name="imagenet-resnet50-000001", run=REQUEST.run, image="i",
-                           owner="flow-run-1")  # fmt: skip
+    mine = TrainJobRequest(
+        name="imagenet-resnet50-000001", run=REQUEST.run, image="i", owner="flow-run-1"
+    )
     create_trainjob(client, trainjob_manifest(mine))
     api.answer(RUNNING)
     # The same flow run, rescheduled (its pod evicted), follows its own job again.
