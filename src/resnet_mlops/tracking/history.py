@@ -92,12 +92,8 @@ def append(path: Path, record: Record) -> None:
 
 
 def read_journal(path: Path) -> list[Record]:
-    """Every record, in order; a cut last line (a kill mid-write) is skipped with a warning.
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: another line is not a record (the message names it).
-    """
+    """Every record, in order; a cut last line (a kill mid-write) is skipped with a warning,
+    another bad line is a ValueError naming it."""
     lines = path.read_text(encoding="utf-8").splitlines()
     records: list[Record] = []
     for number, line in enumerate(lines, start=1):
@@ -133,19 +129,13 @@ class Replayed:
 def replay_history(
     history_file: Path, run_id: str | None = None, *, tracking_uri: str | None = None
 ) -> Replayed:
-    """Send what a journal holds to MLflow: safe to repeat, and for values that did arrive.
+    """Send a journal to MLflow (to ``run_id``, else each record's run); safe to repeat.
 
-    Creates the run if the server never saw it (and writes its id into the journal, so a
-    second replay reuses it), then logs params and tags, every metric value with its original
-    timestamp, the pending folders (each removed once sent) and the run's end.
-
-    Args:
-        history_file: A journal written by :class:`RunTracker`.
-        run_id: The run to log to; None sends each record to the run it was recorded for.
-        tracking_uri: None uses MLflow's own resolution (``MLFLOW_TRACKING_URI``).
+    Creates the run if the server never saw it (writing its id into the journal, so a second
+    replay reuses it), then logs params, tags, metric values with their original timestamps,
+    the pending folders (each removed once sent) and the run's end.
 
     Raises:
-        FileNotFoundError: no such file.
         ValueError: a bad line, a folder outside ``mlflow-pending/``, or records without a
             run id, no run start and no ``run_id``.
         MlflowException: the server could not be reached or refused a request.

@@ -56,15 +56,9 @@ def experiment_id(client: MlflowClient, name: str, tracking_uri: str) -> str:
 def open_run(
     client: MlflowClient, experiment: str, uri: str, run_id: str | None, **new: Any
 ) -> tuple[str, Mapping[str, str], Mapping[str, str]]:
-    """Re-open run ``run_id`` (RUNNING again), or create one (``new``: ``run_name``, ``tags``,
-    plus the context tags ``mlflow.start_run`` adds) when it is None or unknown.
-
-    Returns:
-        The run id, and the params and tags the run already has.
-
-    Raises:
-        TrackingError: the run is deleted.
-    """
+    """Re-open run ``run_id`` (RUNNING again; TrackingError if deleted), or create one when it
+    is None or unknown (``new``: ``run_name``, ``tags``, plus ``mlflow.start_run``'s context
+    tags); returns the run id, and the params and tags the run already has."""
     if run_id is not None:
         try:
             run = client.get_run(run_id)

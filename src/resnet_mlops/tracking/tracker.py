@@ -13,7 +13,6 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import numpy as np
@@ -22,16 +21,9 @@ from mlflow.entities import Metric
 from torch import nn
 
 from resnet_mlops.params.base import flatten
+from resnet_mlops.tracking import history as journal
 from resnet_mlops.tracking.connection import describe, is_permanent, short_http_limits
-from resnet_mlops.tracking.history import (
-    PENDING_DIR,
-    MetricRecord,
-    RunEnd,
-    RunStart,
-    Upload,
-    append,
-    read_journal,
-)
+from resnet_mlops.tracking.history import PENDING_DIR, MetricRecord, RunEnd, RunStart, Upload
 from resnet_mlops.tracking.model import log_pytorch_model, save_pytorch_model
 from resnet_mlops.tracking.runs import TrackingError, log_params_and_tags, open_run
 
@@ -44,12 +36,11 @@ STATUSES = ("FINISHED", "FAILED", "KILLED")
 class RunTracker:
     """Records a training run in MLflow without holding up, or stopping, the training.
 
-    Metrics go to the journal (``history_path``) at once and to the server with MLflow's
-    asynchronous ``log_batch``; files and the model are sent as they come, and kept in
+    Metrics go to the journal (``history_path``) and, with MLflow's asynchronous
+    ``log_batch``, to the server; files and the model are sent when logged, and kept in
     ``mlflow-pending/`` beside the journal when the server does not take them. What the server
-    lacks at :meth:`finish` (the whole run, if it was down at the start) is named in one
-    warning with the ``resnet sync`` command that sends it. As a context manager the run ends
-    FINISHED, FAILED on an exception, KILLED on Ctrl-C.
+    lacks at :meth:`finish` is named in one warning with the ``resnet sync`` command that sends
+    it. As a context manager: FINISHED, FAILED on an exception, KILLED on Ctrl-C.
 
     Args:
         experiment: The MLflow experiment, created if missing.
@@ -57,13 +48,12 @@ class RunTracker:
         run_name: A display name for a new run.
         run_id: Continue this run (a resumed training) instead of creating one.
         enabled: False makes every method a no-op, for ranks other than 0.
-        required: An unreachable server at :meth:`start` (or :meth:`log_model`) is an error.
-        history_path: The journal; rewritten by a new run, appended to by a resumed one.
-            Without it, nothing the server misses is kept.
+        required: An unreachable server at :meth:`start` or :meth:`log_model` is an error.
+        history_path: The journal; without it nothing the server misses is kept.
         system_metrics: Log MLflow's system metrics (CPU, memory, GPU; needs psutil).
         flush_timeout_s: How long :meth:`finish` waits for metrics in flight.
-        resumed: Whether this continues an earlier session (appends to the journal); default:
-            whether ``run_id`` is given.
+        resumed: Continue the journal (default: whether ``run_id`` is given); a new run
+            rewrites it, keeping aside one the server never fully got.
     """
 
     def __init__(
@@ -100,9 +90,7 @@ class RunTracker:
     def __enter__(self) -> RunTracker:
         return self
 
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
         interrupted = kind is not None and issubclass(kind, KeyboardInterrupt)
         self.finish("FINISHED" if kind is None else "KILLED" if interrupted else "FAILED")
 
@@ -113,12 +101,12 @@ class RunTracker:
         *,
         data_version: str | None = None,
     ) -> str | None:
-        """Open (or re-open) the run; log the params (flattened, and whole as ``params.json``),
-        the tags and ``data.version``. A resumed run keeps its params, with a warning.
+        """Open (or re-open) the run and log the params (flattened, and whole as
+        ``params.json``; a resumed run keeps its own, with a warning), tags and data version.
 
         Returns:
-            The run id (kept on resume even when the server is down, for the checkpoint), or
-            None when disabled or no run could be created.
+            The run id (kept on resume even when the server is down), or None when disabled
+            or no run could be created.
 
         Raises:
             TrackingError: ``required`` and the run could not be opened.
@@ -141,11 +129,19 @@ class RunTracker:
         except Exception as error:
             self._unavailable(error)
         self._open_journal()
-        if self._client is None and self.history_path is not None:
+        if self._client is None and self.history_path is not None:  # what resnet sync creates
             start = RunStart(self.experiment, self.run_name, params, all_tags, self.run_id)
-            append(self.history_path, start)  # what resnet sync creates the run with
+            journal.append(self.history_path, start)
         if self._client is not None and self.system_metrics:
-            self._start_monitor()
+            try:
+                from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+                self._monitor = SystemMetricsMonitor(
+                    self.run_id, resume_logging=self._resuming, tracking_uri=self.tracking_uri
+                )
+                self._monitor.start()
+            except Exception as error:  # psutil missing, or the server gone again.
+                log.warning("no system metrics for run %s: %s", self.run_id, error)
         text = json.dumps(flatten(params), indent=2, sort_keys=True, default=str) + "\n"
         self._send(
             "params.json",
@@ -161,11 +157,11 @@ class RunTracker:
         values = {key: float(value) for key, value in metrics.items()}
         record = MetricRecord(int(step), int(time.time() * 1000), values, self.run_id)
         if self.history_path is not None:
-            append(self.history_path, record)
-        if self._client is not None and self.run_id is not None:
+            journal.append(self.history_path, record)
+        if self._client is not None:
             batch = record.to_mlflow()
             with contextlib.suppress(Exception):  # the journal has them
-                ops = self._client.log_batch(self.run_id, metrics=batch, synchronous=False)
+                ops = self._client.log_batch(self.run_id, metrics=batch, synchronous=False)  # type: ignore[arg-type]
                 self._sent.append((ops, batch))
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
@@ -174,8 +170,7 @@ class RunTracker:
         if not self._started():
             return
         label = f"{artifact_path or '.'}/" if path.is_dir() else path.name
-        if artifact_path and not path.is_dir():
-            label = f"{artifact_path}/{label}"
+        label = f"{artifact_path}/{label}" if artifact_path and not path.is_dir() else label
 
         def copy(folder: Path) -> None:
             target = folder / artifact_path if artifact_path else folder
@@ -191,11 +186,8 @@ class RunTracker:
     def log_model(
         self, model: nn.Module, input_example: np.ndarray, *, name: str = "model", **kwargs: Any
     ) -> str | None:
-        """Log the trained model once, after training (see :func:`log_pytorch_model`); saved in
-        ``mlflow-pending/`` for ``resnet sync`` when the server does not take it.
-
-        Returns:
-            The model URI (``models:/<model id>``), or None when it was not logged.
+        """Log the trained model once, after training (:func:`log_pytorch_model`); saved in
+        ``mlflow-pending/`` when the server does not take it. Returns its URI, or None.
 
         Raises:
             TrackingError: ``required`` and the server could not be reached.
@@ -203,11 +195,9 @@ class RunTracker:
         if not self._started():
             return None
         if self.active:
-            assert self.run_id is not None
             try:
-                return log_pytorch_model(
-                    model, input_example, self.tracking_uri, self.run_id, name, **kwargs
-                )
+                uri = self.tracking_uri
+                return log_pytorch_model(model, input_example, uri, self.run_id, name, **kwargs)  # type: ignore[arg-type]
             except Exception as error:
                 if is_permanent(error):
                     raise
@@ -219,39 +209,37 @@ class RunTracker:
             folder = self.history_path.parent / PENDING_DIR / uuid.uuid4().hex
             save_pytorch_model(model, input_example, folder)
             relative = folder.relative_to(self.history_path.parent).as_posix()
-            append(self.history_path, Upload(relative, name, kwargs, self.run_id))
+            journal.append(self.history_path, Upload(relative, name, kwargs, self.run_id))
             self._kept.append(f"model {name!r}")
         return None
 
     def finish(self, status: str = "FINISHED") -> None:
         """End the run: wait (``flush_timeout_s`` at most) for metrics in flight, resend those
-        MLflow dropped, set the status, and warn once about what the server lacks.
-
-        Args:
-            status: ``FINISHED``, ``FAILED`` or ``KILLED``.
+        MLflow dropped, set ``status`` (FINISHED, FAILED, KILLED), warn about what is missing.
         """
         if status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
         if not self.enabled or self._state != "started":
             return
         self._state = "finishing"
-        if self._monitor is not None:
+        if self._monitor is not None:  # its finish() may wait on an unreachable server
             _within(self._monitor.finish, min(10.0, self.flush_timeout_s))
         unsent = self._flush()
         end = RunEnd(status, int(time.time() * 1000), self.run_id)
         if self.history_path is not None:
-            append(self.history_path, end)
+            journal.append(self.history_path, end)
         ended = self._client is None
-        if self._client is not None and self.run_id is not None:
-            with contextlib.suppress(Exception):
-                self._client.set_terminated(self.run_id, status=status, end_time=end.timestamp)
+        with contextlib.suppress(Exception):
+            if self._client is not None:
+                self._client.set_terminated(self.run_id, status=status, end_time=end.timestamp)  # type: ignore[arg-type]
                 ended = True
         missing = [f"{unsent} metric values"] if unsent else []
         if self._client is None:
             missing = ["the run's params", f"{unsent} metric values"]
         missing += self._kept + ([] if ended else [f"the run's end ({status})"])
         if missing:
-            self._warn_missing(missing)
+            listed = ", ".join(missing[:-1]) + " and " + missing[-1] if missing[1:] else missing[0]
+            self._warn(f"{listed} did not reach MLflow at {self.tracking_uri}", "they are")
         self._scope.close()
         self._state = "finished"
 
@@ -274,18 +262,24 @@ class RunTracker:
             folder.mkdir(parents=True)
             write(folder)
             relative = folder.relative_to(self.history_path.parent).as_posix()
-            append(self.history_path, Upload(relative, None, {}, self.run_id))
+            journal.append(self.history_path, Upload(relative, None, {}, self.run_id))
             self._kept.append(label)
 
     def _flush(self) -> int:
-        """Wait for MLflow's async batches; resend the values of failed ones; count unsent."""
+        """Wait for MLflow's async batches, resend the values of failed ones; count unsent."""
         if self._client is None:
-            return self._journal_values()
+            records = journal.read_journal(self.history_path) if self.history_path else []
+            return sum(len(r.metrics) for r in records if isinstance(r, MetricRecord))
         failed: list[Metric] = []
-        waiter = threading.Thread(target=lambda: failed.extend(_failed(self._sent)), daemon=True)
-        waiter.start()
-        waiter.join(self.flush_timeout_s)
-        if waiter.is_alive():
+
+        def wait() -> None:
+            for operations, batch in self._sent:
+                try:
+                    operations.wait()
+                except Exception:  # MLflow dropped the batch: only the journal has it now
+                    failed.extend(batch)
+
+        if not _within(wait, self.flush_timeout_s):
             return sum(len(batch) for _, batch in self._sent)
         try:
             if failed:
@@ -293,10 +287,6 @@ class RunTracker:
             return 0
         except Exception:
             return len(failed)
-
-    def _journal_values(self) -> int:
-        records = read_journal(self.history_path) if self.history_path else []
-        return sum(len(r.metrics) for r in records if isinstance(r, MetricRecord))
 
     def _unavailable(self, error: Exception) -> None:
         message = f"MLflow tracking at {self.tracking_uri} is unavailable: {describe(error)}"
@@ -307,14 +297,8 @@ class RunTracker:
         if self.history_path is None:
             log.warning("%s. Training goes on without tracking", message)
         else:
-            log.warning(
-                "%s. Training goes on; the run (params, metrics, plots, model) is kept in %s "
-                "and %s and can be sent later with: %s",
-                message,
-                self.history_path,
-                self.history_path.parent / PENDING_DIR,
-                self._sync_command(),
-            )
+            what = "the run (params, metrics, plots, model) is"
+            self._warn(f"{message}. Training goes on; {what}", "", "can be sent later with")
 
     def _open_journal(self) -> None:
         path = self.history_path
@@ -325,64 +309,36 @@ class RunTracker:
             os.replace(path, kept)
             log.warning(
                 "%s held what MLflow never got from an earlier run; kept as %s; send it with: %s",
-                path,
-                kept,
-                self._sync_command(kept),
+                *(path, kept, self._sync_command(kept)),
             )
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("", encoding="utf-8")
 
-    def _start_monitor(self) -> None:
-        try:
-            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
-            self._monitor = SystemMetricsMonitor(
-                self.run_id, resume_logging=self._resuming, tracking_uri=self.tracking_uri
-            )
-            self._monitor.start()
-        except Exception as error:  # psutil missing, or the server gone again.
-            log.warning("no system metrics for run %s: %s", self.run_id, error)
-
-    def _warn_missing(self, parts: list[str]) -> None:
-        listed = ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]
-        missing = f"{listed} did not reach MLflow at {self.tracking_uri}"
+    def _warn(self, message: str, they: str, send: str = "send them with") -> None:
         if self.history_path is None:
-            log.warning("%s, and no history_path was given to keep them", missing)
+            log.warning("%s, and no history_path was given to keep them", message)
             return
-        log.warning(
-            "%s; they are kept in %s and %s; send them with: %s",
-            missing,
-            self.history_path,
-            self.history_path.parent / PENDING_DIR,
-            self._sync_command(),
-        )
+        where = f"{self.history_path} and {self.history_path.parent / PENDING_DIR}"
+        joint = f"; {they} kept in" if they else " kept in"
+        log.warning("%s%s %s; %s: %s", message, joint, where, send, self._sync_command())
 
     def _sync_command(self, history: Path | None = None) -> str:
         uri, path = shlex.quote(self.tracking_uri), shlex.quote(str(history or self.history_path))
         return f"MLFLOW_TRACKING_URI={uri} resnet sync --history {path}"
 
 
-def _failed(sent: list[tuple[Any, list[Metric]]]) -> list[Metric]:
-    failed: list[Metric] = []
-    for operations, batch in sent:
-        try:
-            operations.wait()
-        except Exception:  # MLflow dropped the batch: it is only in the journal now
-            failed.extend(batch)
-    return failed
-
-
-def _within(call: Callable[[], Any], timeout: float) -> None:
-    """Run ``call`` for at most ``timeout`` seconds (it may wait on an unreachable server)."""
+def _within(call: Callable[[], Any], timeout: float) -> bool:
+    """Run ``call`` in a thread for at most ``timeout`` seconds; whether it ended."""
     thread = threading.Thread(target=call, daemon=True)
     thread.start()
     thread.join(timeout)
+    return not thread.is_alive()
 
 
 def _holds_unsent(history: Path) -> bool:
     """Whether a journal names a run never created or files never sent (unreadable counts)."""
     try:
-        records = read_journal(history)
+        records = journal.read_journal(history)
     except (OSError, ValueError):
         return True
     return any(
