@@ -49,8 +49,8 @@ def log_pytorch_model(
     dimension is dynamic only if ``input_example`` holds 2 or more inputs. ``kwargs`` go to
     ``log_model``.
     """
-    cpu_model, kwargs = _prepared(model, input_example, kwargs)
     experiment = mlflow.MlflowClient(tracking_uri).get_run(run_id).info.experiment_id
+    cpu_model, kwargs = _prepared(model, input_example, kwargs)
     # MLflow 3 files a logged model under the *active* experiment, not the run's.
     previous = os.environ.get("MLFLOW_EXPERIMENT_ID")
     os.environ["MLFLOW_EXPERIMENT_ID"] = experiment

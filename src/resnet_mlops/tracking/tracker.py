@@ -280,6 +280,8 @@ class RunTracker:
                     failed.extend(batch)
 
         if not _within(wait, self.flush_timeout_s):
+            # Batches still queued are sent at exit by MLflow: keep them to one short attempt.
+            self._scope.pop_all()
             return sum(len(batch) for _, batch in self._sent)
         try:
             if failed:
@@ -302,7 +304,10 @@ class RunTracker:
 
     def _open_journal(self) -> None:
         path = self.history_path
-        if path is None or self._resuming:
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if self._resuming:
             return
         if path.exists() and _holds_unsent(path):  # a new run rewrites it: keep this aside
             kept = path.with_suffix(f".{time.time_ns() // 1_000_000}.jsonl")
@@ -311,7 +316,6 @@ class RunTracker:
                 "%s held what MLflow never got from an earlier run; kept as %s; send it with: %s",
                 *(path, kept, self._sync_command(kept)),
             )
-        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("", encoding="utf-8")
 
     def _warn(self, message: str, they: str, send: str = "send them with") -> None:
