@@ -370,8 +370,7 @@ def sync_command(
     from mlflow.exceptions import MlflowException
 
     from resnet_mlops.tracking import replay_history, tracking_uri
-    from resnet_mlops.tracking.connection import short_http_limits
-    from resnet_mlops.tracking.uploader import describe
+    from resnet_mlops.tracking.connection import describe, short_http_limits
 
     uri = tracking_uri(Path.cwd())
     try:
