@@ -336,6 +336,7 @@ def test_run_lands_on_the_server(
         experiment="server-exp", tracking_uri=server.uri, history_path=tmp_path / "h.jsonl"
     ) as tracker:
         run_id = tracker.start(PARAMS, {"team": "vision"}, data_version="md5:feed")
+        time.sleep(1.5)  # an epoch's time: three system-metric samples, were the monitor on
         began = time.perf_counter()
         for step in range(5):
             tracker.log_metrics(epoch_metrics(step), step)
@@ -355,6 +356,9 @@ def test_run_lands_on_the_server(
     for key in KEYS:
         assert steps_of(client, run_id, key) == [0, 1, 2, 3, 4]
     assert any(key.startswith("system/cpu") for key in run.data.metrics)
+    # MLflow lists metrics in the order first stored, and its compare view defaults to the
+    # first: the system metrics start after the first batch of the run's own.
+    assert list(run.data.metrics)[: len(KEYS)] == list(KEYS)
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     assert {"params.json", "plots"} <= artifacts
     assert [a.path for a in client.list_artifacts(run_id, "plots")] == ["plots/curves.png"]

@@ -36,6 +36,10 @@ from resnet_mlops.train.stop import StopRequest, watch_launcher
 UPSTREAM_STAGES = ("prepare", "preprocess")
 
 
+# What a user compares runs by; logged first (see _TrackerSink.log_metrics).
+HEADLINE_METRICS = ("val_error", "train_error")
+
+
 def load_train_params(
     params_path: Path, overrides: list[str]
 ) -> tuple[str, TrainParams, LoaderParams, dict]:
@@ -184,7 +188,9 @@ class _TrackerSink:
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         if self.tracker is not None:
-            self.tracker.log_metrics(metrics, step)
+            # The error rates first: MLflow's compare view defaults to a run's first metric.
+            first = {key: metrics[key] for key in HEADLINE_METRICS if key in metrics}
+            self.tracker.log_metrics({**first, **metrics}, step)
 
     def finish(self, status: str) -> None:
         if self.tracker is not None:

@@ -80,6 +80,7 @@ class RunTracker:
         self._sent: list[tuple[Any, list[Metric]]] = []  # MLflow's RunOperations, and values
         self._kept: list[str] = []  # what waits in mlflow-pending/, for the final warning
         self._monitor: Any = None
+        self._monitor_pending = False
         self._scope = contextlib.ExitStack()
 
     @property
@@ -132,16 +133,10 @@ class RunTracker:
         if self._client is None and self.history_path is not None:  # what resnet sync creates
             start = RunStart(self.experiment, self.run_name, params, all_tags, self.run_id)
             journal.append(self.history_path, start)
-        if self._client is not None and self.system_metrics:
-            try:
-                from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
-                self._monitor = SystemMetricsMonitor(
-                    self.run_id, resume_logging=self._resuming, tracking_uri=self.tracking_uri
-                )
-                self._monitor.start()
-            except Exception as error:  # psutil missing, or the server gone again.
-                log.warning("no system metrics for run %s: %s", self.run_id, error)
+        # Started after the first metrics are stored (log_metrics): MLflow lists a run's metrics
+        # in the order they were first stored and its compare view defaults to the first, so
+        # the monitor's system/cpu_utilization_percentage must not come before the error rates.
+        self._monitor_pending = self._client is not None and self.system_metrics
         text = json.dumps(flatten(params), indent=2, sort_keys=True, default=str) + "\n"
         self._send(
             "params.json",
@@ -160,9 +155,27 @@ class RunTracker:
             journal.append(self.history_path, record)
         if self._client is not None:
             batch = record.to_mlflow()
+            first = self._monitor_pending
             with contextlib.suppress(Exception):  # the journal has them
-                ops = self._client.log_batch(self.run_id, metrics=batch, synchronous=False)  # type: ignore[arg-type]
-                self._sent.append((ops, batch))
+                if first:  # stored before the monitor starts (see start())
+                    self._client.log_batch(self.run_id, metrics=batch)  # type: ignore[arg-type]
+                else:
+                    ops = self._client.log_batch(self.run_id, metrics=batch, synchronous=False)  # type: ignore[arg-type]
+                    self._sent.append((ops, batch))
+            if first:
+                self._monitor_pending = False
+                self._start_monitor()
+
+    def _start_monitor(self) -> None:
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            self._monitor = SystemMetricsMonitor(
+                self.run_id, resume_logging=self._resuming, tracking_uri=self.tracking_uri
+            )
+            self._monitor.start()
+        except Exception as error:  # psutil missing, or the server gone again.
+            log.warning("no system metrics for run %s: %s", self.run_id, error)
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         """Upload a file (as ``artifact_path/<name>``) or a folder's contents (under
