@@ -505,7 +505,7 @@ def test_the_cli_says_one_line(tmp_path: Path, bomb: bytes) -> None:
 
 
 def test_parallel_decoding_reads_ahead_a_bounded_number_of_bytes() -> None:
-    from resnet_mlops.data.parallel import ordered_map
+    from resnet_mlops.data.parallel import ReadAhead, ordered_map
 
     pulled = []
 
@@ -514,9 +514,8 @@ def test_parallel_decoding_reads_ahead_a_bounded_number_of_bytes() -> None:
             pulled.append(index)
             yield f"f{index}", bytes(1000)
 
-    stream = ordered_map(
-        len, files(), workers=2, description="t", weight=lambda i: len(i[1]), window_weight=5000
-    )
+    read_ahead = ReadAhead(weight=lambda i: len(i[1]), window_weight=5000)
+    stream = ordered_map(len, files(), workers=2, description="t", read_ahead=read_ahead)
     assert next(stream) == 2
     # Five items make the budget: the stream read that window, not the default 8192 items.
     assert len(pulled) == 5
