@@ -15,7 +15,7 @@ from mlflow_server import free_port
 
 from resnet_mlops.engine.artifact import load_model
 from resnet_mlops.engine.checkpoint import load_checkpoint
-from resnet_mlops.train.launch import launch_requested, torchrun_command
+from resnet_mlops.train.launch import command_args, launch_requested, torchrun_command
 
 RESNET = str(Path(sys.executable).with_name("resnet"))
 # A few dozen iterations of ResNet-20 on the small data: 13 iterations per epoch at batch 32,
@@ -51,6 +51,14 @@ def test_torchrun_command_is_standalone_on_one_node_only() -> None:
     many = {"PET_NNODES": "2", "PET_NPROC_PER_NODE": "4", "PET_RDZV_ENDPOINT": "head:29400"}
     assert "--standalone" not in torchrun_command(args, many)
     assert torchrun_command(args, many)[-len(args) :] == args
+
+
+def test_command_args_repeat_the_options_given_and_leave_out_the_unset_ones() -> None:
+    options = {"--params": Path("p.yaml"), "--data": None, "--resume": True, "--auto": False}
+    assert command_args("train", options, ["train.model=resnet20"]) == [
+        *("train", "--params", "p.yaml", "--resume", "train.model=resnet20"),
+    ]
+    assert command_args("train", {"--data": Path("d")}) == ["train", "--data", "d"]
 
 
 def _command(folder: Path, data: Path, *extra: str) -> list[str]:

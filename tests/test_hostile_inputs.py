@@ -25,7 +25,7 @@ from data_fixtures import cifar_images, imagenet_jpegs, write_cifar10_dir
 from PIL import Image
 from test_data_cifar10 import prepare_params, preprocess_params
 
-from resnet_mlops.data.loaders import LoaderParams, build_loader
+from resnet_mlops.data.loaders import LoaderParams, LoaderSpec, build_loader
 from resnet_mlops.data.prepare import PrepareParams, prepare
 from resnet_mlops.data.preprocess import preprocess
 from resnet_mlops.data.sources import verify_archive
@@ -389,7 +389,9 @@ def test_an_empty_training_split_is_one_line(tmp_path: Path, cifar_dir: Path) ->
     np.save(cifar_dir / "train_images.npy", np.zeros((0, 32, 32, 3), np.uint8))
     np.save(cifar_dir / "train_labels.npy", np.zeros((0,), np.int64))
     with pytest.raises(DataError, match=r"train_images.npy: no images \(an empty train split\)"):
-        build_loader("cifar10", "train", cifar_dir, 8, params=LoaderParams(backend="torch"))
+        build_loader(
+            LoaderSpec("cifar10", "train", cifar_dir, 8, params=LoaderParams(backend="torch"))
+        )
 
 
 def test_a_val_size_that_leaves_no_training_images_is_one_line(tmp_path: Path, tree: Path):
@@ -503,7 +505,7 @@ def test_the_cli_says_one_line(tmp_path: Path, bomb: bytes) -> None:
 
 
 def test_parallel_decoding_reads_ahead_a_bounded_number_of_bytes() -> None:
-    from resnet_mlops.data.parallel import ordered_map
+    from resnet_mlops.data.parallel import ReadAhead, ordered_map
 
     pulled = []
 
@@ -512,9 +514,8 @@ def test_parallel_decoding_reads_ahead_a_bounded_number_of_bytes() -> None:
             pulled.append(index)
             yield f"f{index}", bytes(1000)
 
-    stream = ordered_map(
-        len, files(), workers=2, description="t", weight=lambda i: len(i[1]), window_weight=5000
-    )
+    read_ahead = ReadAhead(weight=lambda i: len(i[1]), window_weight=5000)
+    stream = ordered_map(len, files(), workers=2, description="t", read_ahead=read_ahead)
     assert next(stream) == 2
     # Five items make the budget: the stream read that window, not the default 8192 items.
     assert len(pulled) == 5

@@ -183,12 +183,14 @@ def other_test_data(small_cifar: Path, folder: Path) -> Path:
 def test_cifar_inputs_are_the_training_eval_batches(
     trained: dict[str, Path], small_cifar: Path, backend: str
 ) -> None:
-    from resnet_mlops.data.loaders import LoaderParams, build_loader
+    from resnet_mlops.data.loaders import LoaderParams, LoaderSpec, build_loader
 
     _, meta = load_model(trained["model"])
     scorer = ImageScorer(None, preprocessing_spec(meta["preprocessing"]))
     params = LoaderParams(backend=backend, num_threads=1)
-    loader = build_loader("cifar10", "test", small_cifar, 25, params=params, device="cpu")
+    loader = build_loader(
+        LoaderSpec("cifar10", "test", small_cifar, 25, params=params, device="cpu")
+    )
     batch, _ = next(iter(loader))
     images = np.load(small_cifar / "test_images.npy")[:25]
     torch.testing.assert_close(scorer.inputs(list(images)), batch.cpu(), rtol=0, atol=0)

@@ -215,16 +215,21 @@ def train_command(
     re-runs itself under ``torch.distributed.run`` (see ``resnet_mlops.train.launch``).
     """
     from resnet_mlops.stages.train import run_training
-    from resnet_mlops.train.launch import launch_requested, relaunch_under_torchrun
+    from resnet_mlops.train.launch import command_args, launch_requested, relaunch_under_torchrun
     from resnet_mlops.train.loop import Interrupted
 
     if launch_requested(os.environ):
-        paths = {"--params": params, "--out": out, "--metrics": metrics, "--history": history}
-        argv = [str(part) for option, path in paths.items() for part in (option, path)]
-        argv += ["--data", str(data)] if data else []
-        argv += ["--resume"] * resume + ["--auto-resume"] * auto_resume
-        argv += ["--stop-with-parent"] * stop_with_parent
-        relaunch_under_torchrun(["train", *argv, *(overrides or [])])
+        options = {
+            "--params": params,
+            "--out": out,
+            "--metrics": metrics,
+            "--history": history,
+            "--data": data,
+            "--resume": resume,
+            "--auto-resume": auto_resume,
+            "--stop-with-parent": stop_with_parent,
+        }
+        relaunch_under_torchrun(command_args("train", options, overrides or []))
     mode = "auto" if auto_resume and not resume else resume
     try:
         result = run_training(

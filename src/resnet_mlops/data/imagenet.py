@@ -21,9 +21,10 @@ from resnet_mlops.data.images import (
     needs_reencoding,
     reencode_jpeg,
 )
-from resnet_mlops.data.parallel import ordered_map
+from resnet_mlops.data.parallel import ReadAhead, ordered_map
 from resnet_mlops.data.sources import Problem
 from resnet_mlops.errors import DataError
+from resnet_mlops.params.preprocess import ImagenetPreprocess
 
 SPLITS = ("train", "val")
 SYNSET_FILES = ("LOC_synset_mapping.txt", "synset_words.txt")
@@ -93,6 +94,10 @@ class _Inspect:
 def _payload_bytes(item: tuple[object, bytes, *tuple[object, ...]]) -> int:
     """The size of a ``(name, bytes, ...)`` item, for ordered_map's read-ahead budget."""
     return len(item[1])
+
+
+# JPEGs are large next to CIFAR's 3 kB images: small chunks, and a read-ahead bounded in bytes.
+READ_AHEAD = ReadAhead(chunksize=16, weight=_payload_bytes)
 
 
 @dataclass
@@ -187,8 +192,7 @@ def verify_source(
             listing.images(entries),  # type: ignore[arg-type]
             workers=workers,
             description="verify images",
-            chunksize=16,
-            weight=_payload_bytes,
+            read_ahead=READ_AHEAD,
         )
     )
     single, split_names, wnids = listing.layout(origin)
@@ -296,15 +300,16 @@ def write_shard(tar_path: Path, idx_path: Path, samples: list[tuple[str, bytes, 
     idx_path.write_text("\n".join(lines) + "\n")
 
 
+# One split's staging file and, per sample, its (offset, size, label) in it.
+_Staged = tuple[io.BufferedRandom, list[tuple[int, int, int]]]
+
+
 def pack_shards(
     entries_by_file: dict[str, Entry],
     source_files: object,
     out_dir: Path,
+    settings: ImagenetPreprocess,
     *,
-    shard_size: int,
-    max_side: int,
-    quality: int,
-    seed: int,
     workers: int,
     skip_corrupt: bool,
     problems: list[Problem] | None = None,
@@ -315,10 +320,49 @@ def pack_shards(
     sees every class rather than one folder at a time; validation keeps the file order.
     ``problems`` may already hold (or be filled by ``source_files`` with) the files the source
     reader refused; they count as skipped, not as missing.
+
+    Args:
+        entries_by_file: the prepare stage's verified images, by file name.
+        source_files: ``(name, bytes)`` pairs of the source (``bytes`` is None for a skip).
+        out_dir: where the shards and their DALI indexes go.
+        settings: samples per shard, re-encoding (``max_side``, ``quality``) and the seed of
+            the training order.
+        workers: processes that check and re-encode images.
+        skip_corrupt: record an unreadable or changed image as a problem instead of failing.
+        problems: the list to extend with the skipped files.
+
+    Raises:
+        DataError: an image is unreadable or changed (unless ``skip_corrupt``), or files of
+            the prepare file list are no longer in the source.
     """
-    staging: dict[str, tuple[io.BufferedRandom, list[tuple[int, int, int]]]] = {}
-    stats: Counter[str] = Counter()
     problems = [] if problems is None else problems
+    staging, stats = _stage(
+        entries_by_file, source_files, out_dir, settings, workers, skip_corrupt, problems
+    )
+    missing = len(entries_by_file) - sum(len(o) for _, o in staging.values()) - len(problems)
+    if missing:
+        raise DataError(f"{missing} files of the prepare file list are no longer in the source")
+    index: dict[str, dict[str, object]] = {}
+    for split, staged in sorted(staging.items()):
+        index[split] = _write_split(split, staged, out_dir, settings)
+        staged[0].close()
+        (out_dir / f".{split}.staging").unlink()
+    return index, stats, problems
+
+
+def _stage(
+    entries_by_file: dict[str, Entry],
+    source_files: object,
+    out_dir: Path,
+    settings: ImagenetPreprocess,
+    workers: int,
+    skip_corrupt: bool,
+    problems: list[Problem],
+) -> tuple[dict[str, _Staged], Counter[str]]:
+    """Check (and where needed re-encode) each wanted image, appending it to its split's
+    staging file in ``out_dir``; a refused one goes to ``problems`` when ``skip_corrupt``."""
+    staging: dict[str, _Staged] = {}
+    stats: Counter[str] = Counter()
 
     def wanted():
         for name, data in source_files:  # type: ignore[attr-defined]
@@ -326,15 +370,13 @@ def pack_shards(
                 yield name, data, entries_by_file[name]
 
     names_seen: collections.deque[str] = collections.deque()
-    convert = _Convert(max_side, quality)
     stream = ordered_map(
-        convert,
+        _Convert(settings.max_side, settings.quality),
         _tap(wanted(), names_seen),
         workers=workers,
         description="pack shards",
         total=len(entries_by_file),
-        chunksize=16,
-        weight=_payload_bytes,
+        read_ahead=READ_AHEAD,
     )
     for result in stream:
         entry = entries_by_file[names_seen.popleft()]
@@ -350,29 +392,30 @@ def pack_shards(
         handle, offsets = staging[entry.split]
         offsets.append((handle.tell(), len(data), entry.label))
         handle.write(data)
-    missing = len(entries_by_file) - sum(len(o) for _, o in staging.values()) - len(problems)
-    if missing:
-        raise DataError(f"{missing} files of the prepare file list are no longer in the source")
-    index: dict[str, dict[str, object]] = {}
-    for split, (handle, offsets) in sorted(staging.items()):
-        order = np.arange(len(offsets))
-        if split == "train":
-            order = np.random.default_rng(seed).permutation(len(offsets))
-        shards, indexes = [], []
-        for start in range(0, len(order), shard_size):
-            samples = []
-            for position, sample in enumerate(order[start : start + shard_size], start=start):
-                offset, size, label = offsets[sample]
-                handle.seek(offset)
-                samples.append((f"{position:08d}", handle.read(size), label))
-            name = f"{split}-{start // shard_size:05d}"
-            write_shard(out_dir / f"{name}.tar", out_dir / f"{name}.idx", samples)
-            shards.append(f"{name}.tar")
-            indexes.append(f"{name}.idx")
-        handle.close()
-        (out_dir / f".{split}.staging").unlink()
-        index[split] = {"shards": shards, "indexes": indexes, "samples": len(offsets)}
-    return index, stats, problems
+    return staging, stats
+
+
+def _write_split(
+    split: str, staged: _Staged, out_dir: Path, settings: ImagenetPreprocess
+) -> dict[str, object]:
+    """Write one split's shards from its staging file; the index entry of the split."""
+    handle, offsets = staged
+    shard_size = settings.shard_size
+    order = np.arange(len(offsets))
+    if split == "train":
+        order = np.random.default_rng(settings.seed).permutation(len(offsets))
+    shards, indexes = [], []
+    for start in range(0, len(order), shard_size):
+        samples = []
+        for position, sample in enumerate(order[start : start + shard_size], start=start):
+            offset, size, label = offsets[sample]
+            handle.seek(offset)
+            samples.append((f"{position:08d}", handle.read(size), label))
+        name = f"{split}-{start // shard_size:05d}"
+        write_shard(out_dir / f"{name}.tar", out_dir / f"{name}.idx", samples)
+        shards.append(f"{name}.tar")
+        indexes.append(f"{name}.idx")
+    return {"shards": shards, "indexes": indexes, "samples": len(offsets)}
 
 
 def _tap(items, names: collections.deque[str]):

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from resnet_mlops.data.loaders import LoaderParams, build_loader, dataset_classes
+from resnet_mlops.data.loaders import LoaderParams, LoaderSpec, build_loader, dataset_classes
 from resnet_mlops.engine.artifact import load_model
 from resnet_mlops.engine.metrics import EvalResult, evaluate_model
 from resnet_mlops.engine.runtime import require_device, resolve_precision, setup_runtime
@@ -65,15 +65,17 @@ def evaluate(
 
     def run(ten_crop: bool) -> EvalResult:
         loader = build_loader(
-            dataset,
-            params.split,
-            data_dir,
-            params.batch_size,
-            params=loader_params,
-            train=False,
-            ten_crop=ten_crop,
-            memory_format="channels_last" if channels_last else "contiguous",
-            device=runtime.device,
+            LoaderSpec(
+                dataset,
+                params.split,
+                data_dir,
+                params.batch_size,
+                params=loader_params,
+                train=False,
+                ten_crop=ten_crop,
+                memory_format="channels_last" if channels_last else "contiguous",
+                device=runtime.device,
+            )
         )
         return evaluate_model(
             model,

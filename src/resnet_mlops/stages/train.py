@@ -228,14 +228,6 @@ def run_training(
         Interrupted: SIGTERM, or the launcher exited; the checkpoint was saved.
     """
     from resnet_mlops.tracking import env_tags, git_tags, tracking_uri
-    from resnet_mlops.tracking.lineage import (
-        NOTE_TAG,
-        ManifestDataset,
-        env_lineage_tags,
-        lock_tags,
-        run_description,
-        run_name,
-    )
 
     dataset, train_params, loader_params, tree = load_train_params(params_path, overrides)
     require_device(params_path, "train.device", train_params.device)
@@ -275,31 +267,50 @@ def run_training(
             provenance={"data_version": version, **base_tags},
             resume_key=key,
         )
-        tags = {
-            **base_tags,
-            **env_lineage_tags(os.environ),
-            **lock_tags(_read_yaml(root / "dvc.lock"), UPSTREAM_STAGES),
-            **extra_tags,
-        }
-        tags[NOTE_TAG] = run_description(
-            train_params.model, dataset, train_params.schedule, version, tags
-        )
-        inputs = ManifestDataset(dataset, data_dir.resolve(), version, _split_sizes(data_dir))
-        sink = (
-            _TrackerSink(
-                train_params.experiment,
-                uri,
-                out / "mlflow-history.jsonl",
-                tree,
-                tags,
-                version,
-                run_name(train_params.model, train_params.schedule),
-                inputs,
-            )
-            if rank0
-            else None
-        )
-        return _train_tracked(job, sink, resume=resume, stop=stop, uri=uri)
+        sink = _tracker_sink(job, base_tags, extra_tags, root, uri, out)
+        return _train_tracked(job, sink if rank0 else None, resume=resume, stop=stop, uri=uri)
+
+
+def _tracker_sink(
+    job: TrainJob,
+    base_tags: dict[str, str],
+    extra_tags: dict[str, str],
+    root: Path,
+    uri: str,
+    out: Path,
+) -> _TrackerSink:
+    """The MLflow side of a run: its tags (``base_tags``, the environment's and the upstream
+    stages' lineage, ``extra_tags`` over them, then its description), its input data set, its
+    name and its journal in ``out``."""
+    from resnet_mlops.tracking.lineage import (
+        NOTE_TAG,
+        ManifestDataset,
+        env_lineage_tags,
+        lock_tags,
+        run_description,
+        run_name,
+    )
+
+    dataset, params, data_dir = job.dataset, job.params, job.data_dir
+    version = job.provenance["data_version"]
+    tags = {
+        **base_tags,
+        **env_lineage_tags(os.environ),
+        **lock_tags(_read_yaml(root / "dvc.lock"), UPSTREAM_STAGES),
+        **extra_tags,
+    }
+    tags[NOTE_TAG] = run_description(params.model, dataset, params.schedule, version, tags)
+    inputs = ManifestDataset(dataset, data_dir.resolve(), version, _split_sizes(data_dir))
+    return _TrackerSink(
+        params.experiment,
+        uri,
+        out / "mlflow-history.jsonl",
+        job.config,
+        tags,
+        version,
+        run_name(params.model, params.schedule),
+        inputs,
+    )
 
 
 def _claim_output(scope: contextlib.ExitStack, out: Path, paths: TrainPaths) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from resnet_mlops.data.loaders import LoaderParams, build_loader, evaluation_split
+from resnet_mlops.data.loaders import LoaderParams, LoaderSpec, build_loader, evaluation_split
 from resnet_mlops.engine.artifact import model_kwargs, save_model, state_dict_of
 from resnet_mlops.engine.checkpoint import CheckpointError, save_checkpoint
 from resnet_mlops.engine.metrics import evaluate_model
@@ -144,17 +144,19 @@ class Trainer:
 
     def _loader(self, split: str, *, train: bool) -> Any:
         return build_loader(
-            self.job.dataset,
-            split,
-            self.job.data_dir,
-            self.per_rank_batch,
-            train=train,
-            params=self.job.loader,
-            memory_format="channels_last" if self.params.channels_last else "contiguous",
-            shard_id=self.runtime.rank,
-            num_shards=self.runtime.world_size,
-            seed=self.params.seed,
-            device=self.runtime.device,
+            LoaderSpec(
+                self.job.dataset,
+                split,
+                self.job.data_dir,
+                self.per_rank_batch,
+                train=train,
+                params=self.job.loader,
+                memory_format="channels_last" if self.params.channels_last else "contiguous",
+                shard_id=self.runtime.rank,
+                num_shards=self.runtime.world_size,
+                seed=self.params.seed,
+                device=self.runtime.device,
+            )
         )
 
     @property
