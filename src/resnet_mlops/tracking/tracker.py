@@ -47,14 +47,15 @@ class RunTracker:
         tracking_uri: Where runs go (decided by the entry point).
         run_name: A display name for a new run.
         run_id: Continue this run (a resumed training) instead of creating one.
-        enabled: False makes every method a no-op, for ranks other than 0.
         required: An unreachable server at :meth:`start` or :meth:`log_model` is an error.
         history_path: The journal; without it nothing the server misses is kept.
         system_metrics: Log MLflow's system metrics (CPU, memory, GPU; needs psutil).
-        flush_timeout_s: How long :meth:`finish` waits for metrics in flight.
         resumed: Continue the journal (default: whether ``run_id`` is given); a new run
             rewrites it, keeping aside one the server never fully got.
     """
+
+    # How long finish() waits for metrics in flight.
+    flush_timeout_s = 30.0
 
     def __init__(
         self,
@@ -63,17 +64,14 @@ class RunTracker:
         tracking_uri: str,
         run_name: str | None = None,
         run_id: str | None = None,
-        enabled: bool = True,
         required: bool = False,
         history_path: Path | None = None,
         system_metrics: bool = True,
-        flush_timeout_s: float = 30.0,
         resumed: bool | None = None,
     ) -> None:
         self.experiment, self.tracking_uri, self.run_name = experiment, tracking_uri, run_name
-        self.run_id, self.enabled, self.required = run_id, enabled, required
+        self.run_id, self.required = run_id, required
         self.history_path, self.system_metrics = history_path, system_metrics
-        self.flush_timeout_s = flush_timeout_s
         self._resuming = run_id is not None if resumed is None else resumed
         self._state = "new"
         self._client: MlflowClient | None = None
@@ -112,8 +110,6 @@ class RunTracker:
         Raises:
             TrackingError: ``required`` and the run could not be opened.
         """
-        if not self.enabled:
-            return None
         if self._state != "new":
             raise RuntimeError("RunTracker.start() was already called")
         self._state = "started"
@@ -232,7 +228,7 @@ class RunTracker:
         """
         if status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
-        if not self.enabled or self._state != "started":
+        if self._state != "started":
             return
         self._state = "finishing"
         if self._monitor is not None:  # its finish() may wait on an unreachable server
@@ -257,9 +253,9 @@ class RunTracker:
         self._state = "finished"
 
     def _started(self) -> bool:
-        if self.enabled and self._state != "started":
+        if self._state != "started":
             raise RuntimeError(f"RunTracker is {self._state}; call start() first, finish() last")
-        return self.enabled
+        return True
 
     def _send(self, label: str, write: Callable[[Path], Any], upload: Callable[..., Any]) -> None:
         """``upload(client)`` now; if the server does not take it, ``write`` the files into a
