@@ -295,11 +295,6 @@ def test_a_folder_is_never_made_inside_a_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow  # builds the small data set and starts a training
-@pytest.mark.xfail(
-    reason="since the output lock and the MLflow journal joined training, a full disk can fail "
-    "on a write that does not name its file ('error: no space left on device'): a known gap",
-    strict=False,
-)
 def test_training_on_a_full_disk_is_one_line_naming_the_file(small_cifar: Path, disk: Path) -> None:
     fill(disk)
     args = ["train", "--params", str(PARAMS), "--data", str(small_cifar)]

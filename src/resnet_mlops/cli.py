@@ -492,6 +492,12 @@ def configure_logging() -> None:
     """
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     logging.getLogger("resnet_mlops").setLevel(logging.INFO)
+    # MLflow gives its logger an INFO handler of its own at import ("Creating initial MLflow
+    # database tables...", "Started monitoring system metrics."): chatter that would bury a
+    # one-line error. Its level comes from MLFLOW_LOGGING_LEVEL at import; a user's wins.
+    if "MLFLOW_LOGGING_LEVEL" not in os.environ:
+        os.environ["MLFLOW_LOGGING_LEVEL"] = "WARNING"
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # imported already (tests)
 
 
 @app.callback()

@@ -20,10 +20,11 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric
@@ -109,22 +110,42 @@ _KINDS: dict[str, type[Record]] = {
 
 
 class HistoryJournal:
-    """Appends records to a journal file, flushing each line."""
+    """Appends records to a journal file, each line whole or not at all."""
 
     def __init__(self, path: Path, *, append: bool) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._file: TextIO = open(path, "a" if append else "w", encoding="utf-8")  # noqa: SIM115
+        # O_APPEND: a line cut by a full disk is truncated away, and the next one lands at
+        # the new end instead of after a hole.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+        self._fd: int | None = os.open(path, flags | (0 if append else os.O_TRUNC), 0o644)
 
     def write(self, record: Record) -> None:
-        """Append one record and flush it to the OS (not fsync: a crash of the process, not of
-        the machine, is the case this guards against)."""
-        self._file.write(json.dumps(dataclasses.asdict(record), default=str) + "\n")
-        self._file.flush()
+        """Append one record in one ``write`` (not fsync: a crash of the process, not of the
+        machine, is the case this guards against).
+
+        Raises:
+            OSError: the disk refused it (full, quota), naming the journal; the journal then
+                ends where it ended before, not in a cut line that a later append would bury
+                in the middle.
+        """
+        assert self._fd is not None, "journal closed"
+        data = memoryview((json.dumps(dataclasses.asdict(record), default=str) + "\n").encode())
+        end = os.fstat(self._fd).st_size
+        try:
+            while data:
+                data = data[os.write(self._fd, data) :]
+        except OSError as error:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, end)
+            # os.write's error names no file: name the journal for the one-line error.
+            raise OSError(error.errno, error.strerror, str(self.path)) from error
 
     def close(self) -> None:
         """Close the file."""
-        self._file.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def _parse(line: str) -> Record:

@@ -11,7 +11,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -22,6 +22,7 @@ from mlflow.exceptions import MlflowException
 from torch import nn
 
 from resnet_mlops.config import flatten
+from resnet_mlops.data.io import OUTPUT_ERRNOS
 from resnet_mlops.tracking.connection import short_http_limits
 from resnet_mlops.tracking.curves import plot_curves
 from resnet_mlops.tracking.history import (
@@ -275,15 +276,17 @@ class RunTracker:
         self._require_started()
         if self._uploader is None and self._journal is None:
             return  # Neither sent nor kept: nothing to copy.
-        folder = self._new_folder()
-        # The folder mirrors the run's artifact tree, so it is sent as it is, now or later.
-        target = folder / artifact_path if artifact_path else folder
+        with self._staged() as folder:
+            # The folder mirrors the run's artifact tree, so it is sent as it is, now or later.
+            target = folder / artifact_path if artifact_path else folder
+            if path.is_dir():
+                shutil.copytree(path, target, dirs_exist_ok=True)
+            else:
+                target.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, target / path.name)
         if path.is_dir():
-            shutil.copytree(path, target, dirs_exist_ok=True)
             self._keep(folder, f"{artifact_path or '.'}/")
         else:
-            target.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, target / path.name)
             self._keep(folder, f"{artifact_path}/{path.name}" if artifact_path else path.name)
 
     def log_curves(
@@ -349,8 +352,8 @@ class RunTracker:
                     raise TrackingError(message) from error
                 log.warning("%s", message)
         if self._journal is not None:  # Kept for resnet sync; the end of run warning says so.
-            folder = self._new_folder()
-            save_pytorch_model(model, input_example, folder)
+            with self._staged() as folder:
+                save_pytorch_model(model, input_example, folder)
             self._journal.write(Upload(self._relative(folder), name, kwargs, self.run_id))
             self._kept[folder] = f"model {name!r}"
         return None
@@ -377,8 +380,12 @@ class RunTracker:
         if self._uploader is not None:
             unsent, unsent_artifacts = self._uploader.close(max(0.0, deadline - time.monotonic()))
         end = RunEnd(status=status, timestamp=int(time.time() * 1000), run_id=self.run_id)
+        journal_error: OSError | None = None
         if self._journal is not None:
-            self._journal.write(end)
+            try:
+                self._journal.write(end)
+            except OSError as error:  # a full disk: the run still ends on the server
+                journal_error = error
             self._journal.close()
         ended = True
         if self._client is not None and self.run_id is not None:
@@ -392,6 +399,9 @@ class RunTracker:
             shutil.rmtree(folder, ignore_errors=True)
             del self._kept[folder]
         self._report_unsent(unsent, ended, status)
+        if journal_error is not None and not ended:
+            log.warning("the run's end (%s) is not in %s either", status, journal_error)
+        self._remove_empty_journal()
         if self._staging is not None and self._journal is None:
             shutil.rmtree(self._staging, ignore_errors=True)  # Nothing refers to it.
         elif self._staging is not None and not self._kept:
@@ -464,11 +474,23 @@ class RunTracker:
             on_reconnect=self._monitor.restart if self._monitor else None,
         )
 
-    def _new_folder(self) -> Path:
+    @contextlib.contextmanager
+    def _staged(self) -> Iterator[Path]:
+        """A new folder in the staging area for the block to fill; removed if the block fails.
+
+        A full disk is re-raised naming the staging area (``models/mlflow-pending: no space
+        left on device``): a write's own error names no file, and shutil's names the source.
+        """
         assert self._staging is not None
         folder = self._staging / uuid.uuid4().hex
-        folder.mkdir(parents=True)
-        return folder
+        try:
+            folder.mkdir(parents=True)
+            yield folder
+        except BaseException as error:
+            shutil.rmtree(folder, ignore_errors=True)
+            if isinstance(error, OSError) and error.errno in OUTPUT_ERRNOS:
+                raise OSError(error.errno, error.strerror, str(self._staging)) from error
+            raise
 
     def _relative(self, folder: Path) -> str:
         assert self.history_path is not None
@@ -487,9 +509,18 @@ class RunTracker:
     def _stage_text(self, name: str, text: str) -> None:
         if self._uploader is None and self._journal is None:
             return
-        folder = self._new_folder()
-        (folder / name).write_text(text, encoding="utf-8")
+        with self._staged() as folder:
+            (folder / name).write_text(text, encoding="utf-8")
         self._keep(folder, name)
+
+    def _remove_empty_journal(self) -> None:
+        """A journal this run created and could not write one line to (a full disk from the
+        start) holds nothing; left behind, it would look like a run's record."""
+        if self.history_path is None or self._resuming:
+            return
+        with contextlib.suppress(OSError):
+            if self.history_path.stat().st_size == 0:
+                self.history_path.unlink()
 
     def _report_unsent(self, unsent: int, ended: bool, status: str) -> None:
         """One warning naming what the server is missing and the command that sends it."""
