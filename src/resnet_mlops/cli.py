@@ -141,9 +141,14 @@ def check_params_command(
     dvc.yaml's first stage: every other stage depends on its marker, so DVC checks
     params.yaml before it deletes any stage's outputs.
     """
-    from resnet_mlops.data.io import write_json_atomic
+    from resnet_mlops.data.io import check_output_file, write_json_atomic
     from resnet_mlops.params import check_pipeline, load_params
 
+    try:
+        if out is not None:
+            check_output_file(out, "check-params --out")
+    except DataError as error:
+        fail(str(error), 1)
     try:
         loaded, _ = load_params(params, overrides or [])
         check_pipeline(loaded, params)
@@ -171,7 +176,8 @@ def prepare_command(
         bool,
         typer.Option(
             "--force",
-            help="Replace --out even if it is a folder this command did not write (never a file).",
+            help="Replace --out even if it is a folder this command did not write (never a "
+            "file), and --report even if it is a file this command did not write.",
         ),
     ] = False,
 ) -> None:
@@ -204,7 +210,8 @@ def preprocess_command(
         bool,
         typer.Option(
             "--force",
-            help="Replace --out even if it is a folder this command did not write (never a file).",
+            help="Replace --out even if it is a folder this command did not write (never a "
+            "file), and --report even if it is a file this command did not write.",
         ),
     ] = False,
 ) -> None:
@@ -347,7 +354,7 @@ def report_command(
 ) -> None:
     """The paper's Table 6, Figures 6 and 7 and the ImageNet table from MLflow runs."""
     from resnet_mlops.config import load_sections
-    from resnet_mlops.data.io import write_json_atomic
+    from resnet_mlops.data.io import check_output_file, write_json_atomic
     from resnet_mlops.report import ReportError, ReportParams, build_report
     from resnet_mlops.report.build import summary_metrics
     from resnet_mlops.tracking import tracking_uri
@@ -367,6 +374,8 @@ def report_command(
     default_data = Path("data/preprocessed/cifar10")
     data = data or (default_data if default_data.exists() else None)
     try:
+        if metrics is not None:
+            check_output_file(metrics, "report --metrics")
         report = build_report(
             tracking_uri(Path.cwd()),
             out,

@@ -13,6 +13,7 @@ from resnet_mlops.data import cifar10, imagenet
 from resnet_mlops.data.errors import DataError
 from resnet_mlops.data.io import (
     atomic_directory,
+    check_output_file,
     check_output_folder,
     describe_outputs,
     read_json,
@@ -248,9 +249,12 @@ def preprocess(
 
     ``out_dir`` is replaced only if it is missing, empty or a previous preprocess output (its
     manifest says so and lists every file in it), or with ``force`` any folder; never a file.
-    That is checked before the prepared data is read.
+    ``report_path`` is replaced only if it is a previous preprocess report, or with ``force``
+    (:func:`~resnet_mlops.data.io.check_output_file`). Both are checked before the prepared
+    data is read.
     """
     check_output_folder(out_dir, "preprocess", force=force)
+    check_output_file(report_path, "preprocess --report", force=force)
     if dataset == "cifar10":
         return preprocess_cifar10(params, prepared, out_dir, report_path, force=force)
     return preprocess_imagenet(params, prepared, out_dir, report_path, force=force)

@@ -10,7 +10,7 @@ import torch
 
 from resnet_mlops.config import load_sections
 from resnet_mlops.data.errors import DataError
-from resnet_mlops.data.io import atomic_write_bytes, write_json_atomic
+from resnet_mlops.data.io import atomic_write_bytes, check_output_file, write_json_atomic
 from resnet_mlops.data.loaders import LoaderParams, build_loader, dataset_classes
 from resnet_mlops.evaluation.metrics import EvalResult, evaluate_model
 from resnet_mlops.evaluation.params import EvaluateParams
@@ -133,11 +133,16 @@ def log_to_training_run(
 def run_evaluation(
     params_path: Path, overrides: list[str], model_path: Path, data: Path | None, paths: EvalPaths
 ) -> dict[str, Any]:
-    """Parse params, :func:`evaluate`, and log the results to the model's MLflow run."""
+    """Parse params, :func:`evaluate`, and log the results to the model's MLflow run.
+
+    Raises:
+        OutputError: ``paths.metrics`` is a file ``resnet evaluate`` did not write.
+    """
     dataset, sections, _ = load_sections(
         params_path, {"evaluate": EvaluateParams, "loader": LoaderParams}, overrides
     )
     data_dir = data or Path("data/preprocessed") / dataset
+    check_output_file(paths.metrics, "evaluate --metrics")
     metrics = evaluate(
         dataset, sections["evaluate"], sections["loader"], model_path, data_dir, paths
     )

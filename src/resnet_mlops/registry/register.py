@@ -23,7 +23,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT
 
-from resnet_mlops.data.io import write_json_atomic
+from resnet_mlops.data.io import check_output_file, write_json_atomic
 from resnet_mlops.registry.champion import (
     ERROR_TAG,
     TEST_VERSION_TAG,
@@ -232,7 +232,9 @@ def register(dataset: str, params: RegisterParams, paths: RegisterPaths, uri: st
         CheckpointError: the model file is missing or corrupt.
         DataError: the preprocessed data has no manifest for the test split.
         RegistryError: a bad evaluation file, or the tracking server cannot be reached.
+        OutputError: ``paths.out`` is a file ``resnet register`` did not write.
     """
+    check_output_file(paths.out, "register --out")
     model, meta = load_model(paths.model)
     evaluation = read_evaluation(paths.evaluation, meta["model"])
     split = str(evaluation["split"])

@@ -11,6 +11,7 @@ from typing import Any, Literal
 import numpy as np
 
 from resnet_mlops.config import ConfigError, load_sections
+from resnet_mlops.data.io import check_output_file
 from resnet_mlops.data.loaders import LoaderParams
 from resnet_mlops.evaluation.plots import plot_training_curves
 from resnet_mlops.models import MODELS
@@ -162,6 +163,7 @@ def run_training(
     Raises:
         ConfigError: bad params.
         OutputBusy: another ``resnet train`` writes to ``out``.
+        OutputError: ``metrics`` or ``history`` is a file ``resnet train`` did not write.
         CheckpointError: a checkpoint that cannot be resumed.
         Interrupted: SIGTERM, or the launcher exited; the checkpoint was saved.
     """
@@ -169,6 +171,8 @@ def run_training(
 
     dataset, train_params, loader_params, tree = load_train_params(params_path, overrides)
     extra_tags = env_tags()  # a bad RESNET_RUN_TAGS fails here, before any file is touched
+    check_output_file(metrics, "train --metrics")
+    check_output_file(history, "train --history")
     data_dir = data or Path("data/preprocessed") / dataset
     paths = TrainPaths(out / "checkpoint.pt", out / "model.pt", metrics, history)
     root = Path.cwd()
