@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +22,13 @@ from resnet_mlops.train.outdir import lock_output
 from resnet_mlops.train.params import TrainParams
 from resnet_mlops.train.resume import data_version, mismatch, resume_key
 from resnet_mlops.train.stop import StopRequest, watch_launcher
+
+# Run tags naming the process that writes the run: a later resnet train in the same folder
+# ends the run KILLED if that process is gone (see _end_dead_runs).
+HOST_TAG = "resnet.host"
+PID_TAG = "resnet.pid"
+OUT_TAG = "resnet.out"
+ENDED_TAG = "resnet.ended"
 
 
 def load_train_params(
@@ -64,14 +72,70 @@ def _run_status(uri: str, run_id: str) -> str | None:
         return None
 
 
+def _checkpoint_run_id(checkpoint: Path) -> str | None:
+    """The MLflow run a checkpoint was written for, if it names one."""
+    stored = peek_checkpoint(checkpoint) if checkpoint.exists() else None
+    return ((stored or {}).get("train_state") or {}).get("run_id")
+
+
+def process_tags(out: Path) -> dict[str, str]:
+    """The run tags that tell which process on which machine writes which output folder."""
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid()), OUT_TAG: str(out.resolve())}
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _end_dead_runs(uri: str, experiment: str, out: Path, keep: str | None) -> None:
+    """Mark KILLED the RUNNING runs of ``resnet train`` processes of this machine, for this
+    output folder, that are gone: killed (``kill -9``) before their first checkpoint, which
+    is where :func:`_end_abandoned_run` would find them.
+
+    Called with ``out`` locked, so no live ``resnet train`` writes to it; the pid is checked
+    as well, and a pid in use again only leaves the run RUNNING. ``keep``: the run a resumed
+    training continues. Nothing is done when the server cannot be reached.
+    """
+    from mlflow import MlflowClient
+
+    from resnet_mlops.tracking.connection import short_http_limits
+
+    host, folder = socket.gethostname(), str(out.resolve())
+    try:
+        with short_http_limits():
+            client = MlflowClient(uri)
+            found = client.get_experiment_by_name(experiment)
+            if found is None:
+                return
+            runs = client.search_runs([found.experiment_id], "attributes.status = 'RUNNING'")
+            for run in runs:
+                tags, run_id = run.data.tags, run.info.run_id
+                pid = tags.get(PID_TAG, "")
+                if run_id == keep or tags.get(OUT_TAG) != folder or tags.get(HOST_TAG) != host:
+                    continue
+                if not pid.isdigit() or _pid_alive(int(pid)):
+                    continue
+                why = f"its resnet train (pid {pid} on {host}) was gone; ended by the next one"
+                client.set_tag(run_id, ENDED_TAG, why)
+                client.set_terminated(run_id, status="KILLED")
+                print(f"MLflow run {run_id}: {why}: RUNNING -> KILLED", file=sys.stderr)
+    except Exception:  # noqa: S110 - an unreachable server: the tracker's warning says so
+        pass
+
+
 def _end_abandoned_run(checkpoint: Path, uri: str) -> None:
     """Mark KILLED the RUNNING MLflow run of a checkpoint that a fresh start replaces.
 
     Called with the output folder locked, so that run's writer is gone (``kill -9``, power
     loss); nothing else would ever end it.
     """
-    stored = peek_checkpoint(checkpoint) if checkpoint.exists() else None
-    run_id = ((stored or {}).get("train_state") or {}).get("run_id")
+    run_id = _checkpoint_run_id(checkpoint)
     if not run_id or _run_status(uri, run_id) != "RUNNING":
         return
     from mlflow import MlflowClient
@@ -117,6 +181,7 @@ class _TrackerSink:
                 file=sys.stderr,
             )
             run_id, tags = None, {**tags, "resumed_from": state.run_id}
+        owner = process_tags(history.parent)
         self.tracker = RunTracker(
             experiment=experiment,
             tracking_uri=uri,
@@ -125,7 +190,16 @@ class _TrackerSink:
             history_path=history,
             resumed=state.iteration > 0,  # keeps the journal of a run the server never saw
         )
-        return self.tracker.start(self.params, tags, data_version=self.version)
+        # A new run gets them as it is created (a kill right after leaves no run without them).
+        new = {**tags, **owner} if run_id is None else tags
+        started = self.tracker.start(self.params, new, data_version=self.version)
+        if run_id is not None and self.tracker.active:  # a resumed run: now this process's
+            from mlflow import MlflowClient
+            from mlflow.entities import RunTag
+
+            tag_list = [RunTag(key, value) for key, value in owner.items()]
+            MlflowClient(uri).log_batch(started, tags=tag_list, synchronous=True)
+        return started
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         if self.tracker is not None:
@@ -195,6 +269,9 @@ def run_training(
             resume = rank0 and _auto_resume(paths.checkpoint, key)
         if not resume and rank0:
             _end_abandoned_run(paths.checkpoint, uri)
+        if rank0:
+            keep = _checkpoint_run_id(paths.checkpoint) if resume else None
+            _end_dead_runs(uri, train_params.experiment, out, keep)
         tags = {**git_tags(root), "dataset": dataset, "model": train_params.model, **extra_tags}
         sink = (
             _TrackerSink(
