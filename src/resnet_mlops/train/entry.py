@@ -197,8 +197,13 @@ class _TrackerSink:
             from mlflow import MlflowClient
             from mlflow.entities import RunTag
 
+            from resnet_mlops.tracking.connection import short_http_limits
+
             tag_list = [RunTag(key, value) for key, value in owner.items()]
-            MlflowClient(uri).log_batch(started, tags=tag_list, synchronous=True)
+            # Best effort: a server gone just now must not stop training; the run then keeps
+            # the dead pid, and the next training in this folder ends it if it is left RUNNING.
+            with contextlib.suppress(Exception), short_http_limits():
+                MlflowClient(uri).log_batch(started, tags=tag_list, synchronous=True)
         return started
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
