@@ -221,7 +221,7 @@ def _rank(
 ) -> Decision:
     """Apply the champion rule and move the aliases."""
     aliases = client.get_registered_model(name).aliases
-    if aliases.get(CHAMPION) == challenger.version:
+    if str(aliases.get(CHAMPION)) == challenger.version:  # an int from a SQL store, str by REST
         # A version registered again (see _registered_already) that is the champion already:
         # its recorded decision stands; comparing it with itself would "keep" it, unpromoted.
         version = client.get_model_version(name, challenger.version)
