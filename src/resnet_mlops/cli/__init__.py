@@ -139,7 +139,8 @@ def prepare_command(
         bool,
         typer.Option(
             "--force",
-            help="Replace --out even if it is a folder this command did not write (never a file).",
+            help="Replace --out even if it is a folder this command did not write (never a "
+            "file), and --report even if it is a file this command did not write.",
         ),
     ] = False,
 ) -> None:
@@ -165,7 +166,8 @@ def preprocess_command(
         bool,
         typer.Option(
             "--force",
-            help="Replace --out even if it is a folder this command did not write (never a file).",
+            help="Replace --out even if it is a folder this command did not write (never a "
+            "file), and --report even if it is a file this command did not write.",
         ),
     ] = False,
 ) -> None:
@@ -403,6 +405,12 @@ def configure_logging() -> None:
     """
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     logging.getLogger("resnet_mlops").setLevel(logging.INFO)
+    # MLflow gives its logger an INFO handler of its own at import ("Creating initial MLflow
+    # database tables...", "Started monitoring system metrics."): chatter that would bury a
+    # one-line error. Its level comes from MLFLOW_LOGGING_LEVEL at import; a user's wins.
+    if "MLFLOW_LOGGING_LEVEL" not in os.environ:
+        os.environ["MLFLOW_LOGGING_LEVEL"] = "WARNING"
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # imported already (tests)
 
 
 @app.callback()

@@ -15,9 +15,11 @@ A run-start line is written only when the server could not open the run.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
+import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -85,10 +87,26 @@ _KINDS = {"metrics": MetricRecord, "status": RunEnd, "params": RunStart, "folder
 
 
 def append(path: Path, record: Record) -> None:
-    """Append one record and flush it (a crash of the process, not of the machine, is the case
-    guarded against)."""
-    with open(path, "a", encoding="utf-8") as file:
-        file.write(json.dumps(dataclasses.asdict(record), default=str) + "\n")
+    """Append one record in one ``write`` (not fsync: a crash of the process, not of the
+    machine, is the case guarded against).
+
+    Raises:
+        OSError: the disk refused it (full, quota), naming the journal, which then ends where
+            it ended before: not in a cut line a later append would bury in the middle.
+    """
+    data = memoryview((json.dumps(dataclasses.asdict(record), default=str) + "\n").encode())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+    try:
+        end = os.fstat(fd).st_size
+        while data:
+            data = data[os.write(fd, data) :]
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, end)
+        # os.write's error names no file: name the journal for the one-line error.
+        raise OSError(error.errno, error.strerror, str(path)) from error
+    finally:
+        os.close(fd)
 
 
 def read_journal(path: Path) -> list[Record]:

@@ -20,6 +20,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 from torch import nn
 
+from resnet_mlops.io import OUTPUT_ERRNOS
 from resnet_mlops.params.base import flatten
 from resnet_mlops.tracking import history as journal
 from resnet_mlops.tracking.connection import describe, is_permanent, short_http_limits
@@ -235,8 +236,12 @@ class RunTracker:
             _within(self._monitor.finish, min(10.0, self.flush_timeout_s))
         unsent = self._flush()
         end = RunEnd(status, int(time.time() * 1000), self.run_id)
+        journal_error: OSError | None = None
         if self.history_path is not None:
-            journal.append(self.history_path, end)
+            try:
+                journal.append(self.history_path, end)
+            except OSError as error:  # a full disk: the run still ends on the server
+                journal_error = error
         ended = self._client is None
         with contextlib.suppress(Exception):
             if self._client is not None:
@@ -249,6 +254,8 @@ class RunTracker:
         if missing:
             listed = ", ".join(missing[:-1]) + " and " + missing[-1] if missing[1:] else missing[0]
             self._warn(f"{listed} did not reach MLflow at {self.tracking_uri}", "they are")
+        if journal_error is not None:
+            log.warning("the run's end (%s) is not in the journal: %s", status, journal_error)
         self._scope.close()
         self._state = "finished"
 
@@ -267,9 +274,16 @@ class RunTracker:
             except Exception as error:
                 log.warning("could not upload %s to %s: %s", label, self.tracking_uri, error)
         if self.history_path is not None:
-            folder = self.history_path.parent / PENDING_DIR / uuid.uuid4().hex
-            folder.mkdir(parents=True)
-            write(folder)
+            pending = self.history_path.parent / PENDING_DIR
+            folder = pending / uuid.uuid4().hex
+            try:
+                folder.mkdir(parents=True)
+                write(folder)
+            except OSError as error:  # a full disk: name the folder, leave no half of it
+                shutil.rmtree(folder, ignore_errors=True)
+                if error.errno not in OUTPUT_ERRNOS:
+                    raise
+                raise OSError(error.errno, error.strerror, str(pending)) from error
             relative = folder.relative_to(self.history_path.parent).as_posix()
             journal.append(self.history_path, Upload(relative, None, {}, self.run_id))
             self._kept.append(label)
