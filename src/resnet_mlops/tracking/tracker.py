@@ -254,8 +254,9 @@ class RunTracker:
         if missing:
             listed = ", ".join(missing[:-1]) + " and " + missing[-1] if missing[1:] else missing[0]
             self._warn(f"{listed} did not reach MLflow at {self.tracking_uri}", "they are")
-        if journal_error is not None:
-            log.warning("the run's end (%s) is not in the journal: %s", status, journal_error)
+        if journal_error is not None and not ended:
+            log.warning("the run's end (%s) is not in %s either", status, journal_error)
+        self._remove_empty_journal()
         self._scope.close()
         self._state = "finished"
 
@@ -340,6 +341,15 @@ class RunTracker:
                 *(path, kept, self._sync_command(kept)),
             )
         path.write_text("", encoding="utf-8")
+
+    def _remove_empty_journal(self) -> None:
+        """A journal this run created and could not write one line to (a full disk from the
+        start) holds nothing; left behind, it would look like a run's record."""
+        if self.history_path is None or self._resuming:
+            return
+        with contextlib.suppress(OSError):
+            if self.history_path.stat().st_size == 0:
+                self.history_path.unlink()
 
     def _warn(self, message: str, they: str, send: str = "send them with") -> None:
         if self.history_path is None:
