@@ -98,6 +98,14 @@ def models_command(
 
 
 ParamsOption = Annotated[Path, typer.Option("--params", help="The params file.")]
+ForceOption = Annotated[
+    bool,
+    typer.Option(
+        "--force",
+        help="Replace --out even if it is a folder this command did not write (never a "
+        "file), and --report even if it is a file this command did not write.",
+    ),
+]
 Overrides = Annotated[
     list[str] | None,
     typer.Argument(help="key=value overrides of params.yaml, e.g. dataset=imagenet"),
@@ -135,14 +143,7 @@ def prepare_command(
     download_dir: Annotated[Path, typer.Option(help="Where downloads are kept.")] = Path(
         "data/downloads"
     ),
-    force: Annotated[
-        bool,
-        typer.Option(
-            "--force",
-            help="Replace --out even if it is a folder this command did not write (never a "
-            "file), and --report even if it is a file this command did not write.",
-        ),
-    ] = False,
+    force: ForceOption = False,
 ) -> None:
     """Read the raw source, verify every image and write the verified data and its manifest."""
     from resnet_mlops.stages.prepare import run_prepare
@@ -162,14 +163,7 @@ def preprocess_command(
     report: Annotated[Path, typer.Option(help="The report (DVC metrics).")] = Path(
         "metrics/preprocess.json"
     ),
-    force: Annotated[
-        bool,
-        typer.Option(
-            "--force",
-            help="Replace --out even if it is a folder this command did not write (never a "
-            "file), and --report even if it is a file this command did not write.",
-        ),
-    ] = False,
+    force: ForceOption = False,
 ) -> None:
     """Turn verified data into the training format: arrays for CIFAR-10, shards for ImageNet."""
     from resnet_mlops.stages.preprocess import run_preprocess

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import numpy as np
 import torch
@@ -61,23 +63,15 @@ def cifar10_dali_loader(
 
     layout = "HWC" if spec.hwc else "CHW"
 
-    def make_pipeline(feeder: BatchFeeder, pipeline_seed: int) -> Pipeline:
-        graph = partial(
-            cifar10_graph,
-            feeder,
-            placement=placement,
-            train=spec.training,
-            shift=shift,
-            scale=scale,
-            layout=layout,
-        )
-        return build_pipeline(
-            graph,
-            batch_size=spec.batch_size,
-            num_threads=spec.params.num_threads,
-            device_id=device_id,
-            seed=pipeline_seed,
-        )
+    graph = partial(
+        cifar10_graph,
+        placement=placement,
+        train=spec.training,
+        shift=shift,
+        scale=scale,
+        layout=layout,
+    )
+    make_pipeline = _pipeline_maker(spec, device_id, graph)
 
     def find_culprit(recent: np.ndarray, message: str) -> DataError:
         return DataError(f"{spec.data_dir}: the DALI pipeline failed ({_reason(message)})")
@@ -89,6 +83,24 @@ def cifar10_dali_loader(
         fetch=fetch,
         find_culprit=find_culprit,
     )
+
+
+def _pipeline_maker(
+    spec: LoaderSpec, device_id: int | None, graph: Callable[..., Any]
+) -> Callable[[BatchFeeder, int], Pipeline]:
+    """A ``make_pipeline(feeder, seed)`` for :class:`DaliLoader`: ``graph(feeder)`` as a DALI
+    pipeline of the spec's batch size and threads on ``device_id`` (None: the CPU)."""
+
+    def make_pipeline(feeder: BatchFeeder, pipeline_seed: int) -> Pipeline:
+        return build_pipeline(
+            partial(graph, feeder),
+            batch_size=spec.batch_size,
+            num_threads=spec.params.num_threads,
+            device_id=device_id,
+            seed=pipeline_seed,
+        )
+
+    return make_pipeline
 
 
 def imagenet_dali_loader(shards: JpegShards, spec: LoaderSpec, device: torch.device) -> DaliLoader:
@@ -104,23 +116,15 @@ def imagenet_dali_loader(shards: JpegShards, spec: LoaderSpec, device: torch.dev
         jpegs = [np.frombuffer(shards.jpeg(i), dtype=np.uint8) for i in order]
         return jpegs, shards.labels[order]
 
-    def make_pipeline(feeder: BatchFeeder, pipeline_seed: int) -> Pipeline:
-        graph = partial(
-            imagenet_graph,
-            feeder,
-            placement=placement,
-            mode=spec.imagenet_mode,
-            mean=IMAGENET_MEAN,
-            std=IMAGENET_STD,
-            layout=layout,
-        )
-        return build_pipeline(
-            graph,
-            batch_size=spec.batch_size,
-            num_threads=spec.params.num_threads,
-            device_id=device_id,
-            seed=pipeline_seed,
-        )
+    graph = partial(
+        imagenet_graph,
+        placement=placement,
+        mode=spec.imagenet_mode,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        layout=layout,
+    )
+    make_pipeline = _pipeline_maker(spec, device_id, graph)
 
     def find_culprit(recent: np.ndarray, message: str) -> DataError:
         # DALI does not say which sample broke; decode the batches in flight to find it.
