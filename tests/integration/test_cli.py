@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 
+import pytest
 from typer.testing import CliRunner
 
 from resnet_mlops.cli import app
@@ -25,6 +26,7 @@ def test_models_lists_the_whole_zoo_as_json() -> None:
     assert rows["plain20"]["paper_top1_error"] is None
 
 
+@pytest.mark.slow  # the fast set runs the console script in test_unknown_model_is_a_one_line_error
 def test_models_table_from_the_console_script() -> None:
     result = subprocess.run(["resnet", "models"], capture_output=True, text=True, check=True)
     assert "resnet1202" in result.stdout

@@ -146,6 +146,7 @@ def test_cli_reports_one_line_and_keeps_the_previous_output(tmp_path: Path, tree
     assert leftovers(tmp_path) == []
 
 
+@pytest.mark.slow  # two CLI runs; tests/unit/test_params.py checks the same messages in process
 def test_bad_params_key_is_one_line_naming_file_and_key(tmp_path: Path) -> None:
     result = subprocess.run(
         ["resnet", "prepare", "--params", str(PARAMS), "prepare.sorce=x"],

@@ -37,6 +37,7 @@ def resnet(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # trains, then two imports; the refusals below keep import-run in the fast set
 def test_a_run_trained_without_mlflow_imports_as_a_run_of_a_grid(
     tmp_path: Path, small_cifar: Path, capfd: pytest.CaptureFixture
 ) -> None:

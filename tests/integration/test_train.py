@@ -214,6 +214,7 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(["resnet", *args], capture_output=True, text=True, cwd=cwd)
 
 
+@pytest.mark.slow  # two CLI runs; tests/unit/test_params.py checks the same messages in process
 def test_bad_model_and_param_type_are_one_line_errors(tmp_path: Path) -> None:
     result = run_cli("train", "--params", str(PARAMS), "train.model=resnet21", cwd=tmp_path)
     assert result.returncode == 2
