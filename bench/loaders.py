@@ -38,6 +38,7 @@ from resnet_mlops.data.loaders import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     LoaderParams,
+    LoaderSpec,
     build_loader,
     load_cifar_split,
     load_imagenet_split,
@@ -137,7 +138,9 @@ def main() -> None:
     def project(dataset: str, data_dir: Path, batch: int, backend: str) -> Callable[[], Iterable]:
         params = LoaderParams(backend=backend, num_threads=args.threads)
         device = args.device if backend == "dali" else "cpu"
-        return lambda: build_loader(dataset, "train", data_dir, batch, params=params, device=device)
+        return lambda: build_loader(
+            LoaderSpec(dataset, "train", data_dir, batch, params=params, device=device)
+        )
 
     cases = {
         "cifar10": (

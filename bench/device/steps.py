@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from sizes import Sizes
 
-from resnet_mlops.data.loaders import LoaderParams, build_loader
+from resnet_mlops.data.loaders import LoaderParams, LoaderSpec, build_loader
 from resnet_mlops.models import build_model
 from resnet_mlops.params.base import apply_overrides, load_sections, read_yaml
 
@@ -43,14 +43,16 @@ def synchronize(device: torch.device) -> None:
 def _imagenet_loader(data: Path, sizes: Sizes, device: torch.device, **kwargs: Any):
     params = LoaderParams(backend="dali", num_threads=sizes.threads)
     return build_loader(
-        "imagenet",
-        "train",
-        data,
-        sizes.imagenet_batch,
-        params=params,
-        memory_format="channels_last",
-        device=device,
-        **kwargs,
+        LoaderSpec(
+            "imagenet",
+            "train",
+            data,
+            sizes.imagenet_batch,
+            params=params,
+            memory_format="channels_last",
+            device=device,
+            **kwargs,
+        )
     )
 
 

@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -340,3 +340,77 @@ def atomic_directory(
     finally:
         if os.path.lexists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --- single-file outputs: replace only what the same command wrote ---------------------------
+
+_TRAIN_ROW = ("epoch", "iteration", "train_loss")
+_READ_CAP = 64 << 20  # no output of ours is near this; a bigger file is not read to find out
+
+
+def _holds(document: object, *keys: str) -> bool:
+    return isinstance(document, dict) and set(keys) <= document.keys()
+
+
+# How an earlier output of each command's file option is recognised: keys it always holds.
+# Shapes, not a marker key: these are DVC metrics and plots, read as they are by `dvc metrics`
+# and `dvc plots`; a command's outputs differ from each other's in these keys.
+OUTPUT_FILES: dict[str, Callable[[Any], bool]] = {
+    "check-params --out": lambda doc: doc == {"params": "checked"},
+    "prepare --report": lambda doc: _holds(doc, "dataset", "source", "layout", "images"),
+    "preprocess --report": lambda doc: (
+        _holds(doc, "dataset", "splits", "mean", "std")
+        or _holds(doc, "dataset", "samples", "shards", "reencoded")
+    ),
+    "train --metrics": lambda doc: _holds(doc, *_TRAIN_ROW),
+    "train --history": lambda doc: (
+        isinstance(doc, list) and all(_holds(row, *_TRAIN_ROW) for row in doc)
+    ),
+    "evaluate --metrics": lambda doc: _holds(doc, "model", "split", "samples"),
+    "register --out": lambda doc: _holds(doc, "name", "version", "promoted", "reason"),
+    "report --metrics": lambda doc: (
+        isinstance(doc, dict) and all(_holds(row, "runs") for row in doc.values())
+    ),
+}
+_WITH_FORCE = ("prepare", "preprocess")  # the commands whose --force also covers their files
+
+
+def _json_or_none(path: Path) -> tuple[bool, Any]:
+    """(True, the document) for a readable JSON file; (True, None) for an empty or blank one;
+    (False, None) for anything else."""
+    try:
+        if path.stat().st_size > _READ_CAP:
+            return False, None
+        text = path.read_bytes()
+        return True, json.loads(text) if text.strip() else None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False, None
+
+
+def check_output_file(target: Path, output: str, *, force: bool = False) -> None:
+    """Refuse, before any work, a single-file output that ``output`` may not replace.
+
+    ``output`` is a command and its option, a key of :data:`OUTPUT_FILES` (``"train
+    --metrics"``). A missing path, an empty file, ``{}`` or ``[]``, and a JSON file of the shape
+    that option writes may be replaced: under ``dvc repro`` a stage replaces its own metrics,
+    which DVC does not delete (``cache: false``). Anything else (``--report params.yaml``) is
+    refused; prepare's and preprocess's ``--force`` allow it. A folder never is replaced.
+
+    Raises:
+        OutputError: one line naming ``target`` and the reason.
+    """
+    if not os.path.lexists(target):
+        return
+    if target.is_dir() and not target.is_symlink():
+        raise OutputError(f"{target}: is a directory")
+    if force:
+        return
+    refusal = "refusing to replace it" + (
+        " (use --force)" if output.split()[0] in _WITH_FORCE else ""
+    )
+    if target.is_symlink():  # replacing the link would leave its target stale, unnoticed
+        raise OutputError(f"{target}: is a symbolic link; {refusal}")
+    readable, document = _json_or_none(target)
+    if readable and (document in (None, {}, []) or OUTPUT_FILES[output](document)):
+        return
+    raise OutputError(f"{target}: exists and was not written by `resnet {output}`; {refusal}")

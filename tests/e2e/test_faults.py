@@ -6,11 +6,11 @@ clean, and no MLflow run left RUNNING.
 
 What is compared: the DVC hashes of the prepared and preprocessed data; model.pt's weights
 (bit for bit), config, preprocessing and metrics; the train, evaluate, prepare and preprocess
-metrics and the training history. Left out, as they are not deterministic: images/s, and in
-model.pt the provenance (MLflow run id, git commit of each copy). register.json is compared
-on its name and the challenger's test error: the register killed by SIGTERM to dvc goes on
-and registers version 1 outside DVC, so the final run registers version 2 beside an equal
-champion, which it does not replace.
+metrics and the training history, and register.json whole: the register killed by SIGTERM to
+dvc goes on and registers version 1 outside DVC; the final run finds that version (the same
+model file and evaluation) instead of registering a second. Left out, as they are not
+deterministic: images/s, and in model.pt the provenance (MLflow run id, git commit of each
+copy).
 """
 
 from __future__ import annotations
@@ -184,7 +184,13 @@ def outcome(repo: Path, env: dict[str, str]) -> dict:
         "train": timeless([json.loads((repo / "metrics" / "train.json").read_text())]),
         "history": timeless(json.loads((repo / "plots" / "train_history.json").read_text())),
         "metrics": metrics,
-        "register": (register["name"], register["challenger_test_error"]),
+        "register": register,
+        "versions": [
+            v.version
+            for v in MlflowClient(env["MLFLOW_TRACKING_URI"]).search_model_versions(
+                f"name = '{NAME}'"
+            )
+        ],
         "running": [r.info.run_id for r in runs if r.info.status == "RUNNING"],
     }
 

@@ -36,8 +36,9 @@ from pipelines.dag import pipeline_stages
 from pipelines.workspace import WORKSPACES_ENV
 from resnet_mlops.params.base import apply_overrides, read_yaml
 from tests.e2e.test_dvc_pipeline import GIT_IDENTITY, SHRINK, class_folders
+from tests.support.kube_api import condition, kube_api
 from tests.support.mlflow_server import MlflowServer, free_port, start_mlflow_server
-from tests.support.project import PARAMS, PROJECT_FILES, copy_project
+from tests.support.project import PARAMS, PROJECT_FILES, REPO, copy_project
 
 pytestmark = pytest.mark.slow
 
@@ -477,3 +478,121 @@ def test_the_grid_runs_each_model_as_a_child_under_one_parent_run(
     report = artifacts(state.state_details.flow_run_id)["grid-tiny"]
     assert report.type == "markdown" and all(m in report.data for m in models)
     assert {"prefect-tiny-plain20", "prefect-tiny-resnet20"} <= experiment_names(stack.workspace)
+
+
+# The Kubernetes training flow (pipelines/k8s_train.py): its work pool from
+# deploy/k8s/work-pool.json and its deployment from deploy/k8s/prefect.yaml on this server, then
+# the flow run here against a local Kubernetes API (tests/kube_api.py) named by a kubeconfig.
+K8S_IMAGE = "registry.example.org/team/resnet-mlops:gpu"
+
+
+def _kubeconfig(path: Path, server: str) -> Path:
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "local", "cluster": {"server": server}}],
+                "users": [{"name": "tester", "user": {"token": "not-a-secret"}}],
+                "contexts": [{"name": "local", "context": {"cluster": "local", "user": "tester"}}],
+                "current-context": "local",
+            }
+        )
+    )
+    return path
+
+
+def test_the_kubernetes_work_pool_and_deployment_are_accepted(stack: Stack) -> None:
+    from prefect import get_client
+
+    env = {**stack.env, "RESNET_IMAGE": K8S_IMAGE}
+    template = REPO / "deploy" / "k8s" / "work-pool.json"
+    cli(
+        "work-pool",
+        "create",
+        "resnet-k8s",
+        "--type",
+        "kubernetes",
+        "--base-job-template",
+        str(template),
+        env=env,
+        cwd=stack.workspace,
+    )
+    prefect_file = str(REPO / "deploy" / "k8s" / "prefect.yaml")
+    cli(
+        "deploy",
+        "--all",
+        "--no-prompt",
+        "--prefect-file",
+        prefect_file,
+        env=env,
+        cwd=stack.workspace,
+    )
+    with get_client(sync_client=True) as client:
+        pool = client.read_work_pool("resnet-k8s")
+        deployment = client.read_deployment_by_name("resnet-k8s-train/imagenet-resnet50-k8s")
+    assert pool.type == "kubernetes"
+    assert pool.base_job_template == json.loads(template.read_text())
+    assert deployment.work_pool_name == "resnet-k8s"
+    assert deployment.job_variables == {"image": K8S_IMAGE}
+    assert deployment.parameters["image"] == K8S_IMAGE
+    assert deployment.parameters["num_nodes"] == 2
+    assert deployment.pull_steps == [
+        {"prefect.deployments.steps.set_working_directory": {"directory": "/workspace"}}
+    ]
+
+
+def test_the_kubernetes_flow_follows_its_trainjob_to_the_end(
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipelines.k8s_train import k8s_train
+
+    monkeypatch.chdir(REPO)  # the flow checks the overrides against ./params.yaml
+    with kube_api() as api:
+        monkeypatch.setenv("KUBECONFIG", str(_kubeconfig(tmp_path / "kubeconfig", api.url)))
+        api.answer({}, condition("Complete", "Completed", "done"))
+        done = k8s_train(
+            run="smoke",
+            num_nodes=4,
+            gpus_per_node=0,
+            image=K8S_IMAGE,
+            overrides=["train.model=resnet32"],
+            poll_seconds=0.05,
+            return_state=True,
+        )
+        assert done.is_completed(), done.message
+        result = done.result()
+        (created,) = [r for r in api.requests if r.method == "POST"]
+        body = created.body
+        assert body["metadata"]["name"] == result["trainjob"]
+        assert result["trainjob"].startswith("smoke-")
+        assert result["state"] == "Complete (Completed: done)"
+        assert body["spec"]["trainer"]["numNodes"] == 4
+        assert body["spec"]["trainer"]["command"][-1] == "train.model=resnet32"
+        tags = {e["name"]: e.get("value") for e in body["spec"]["trainer"]["env"]}
+        run_tags = json.loads(tags["RESNET_RUN_TAGS"])
+        assert run_tags["prefect_flow_run"] == str(done.state_details.flow_run_id)
+        assert [t.name for t in task_runs(done.state_details.flow_run_id)] == [
+            "submit-trainjob",
+            "follow-trainjob",
+        ]
+
+        # A failed TrainJob fails the flow run with the one-line reason.
+        api.answer(condition("Failed", "FailedJobs", "rank 3 exited 1"))
+        failed = k8s_train(
+            run="smoke", gpus_per_node=0, image=K8S_IMAGE, poll_seconds=0.05, return_state=True
+        )
+        assert failed.is_failed()
+        assert "failed: FailedJobs: rank 3 exited 1" in failed.message
+
+        # A bad override fails before anything reaches the cluster.
+        posts = len([r for r in api.requests if r.method == "POST"])
+        bad = k8s_train(
+            run="smoke", image=K8S_IMAGE, overrides=["train.optimizer.lrr=1"], return_state=True
+        )
+        assert bad.is_failed() and "unknown key train.optimizer.lrr" in bad.message
+        # So does a global batch (params.yaml: 128) the ranks cannot share.
+        uneven = k8s_train(run="smoke", num_nodes=3, gpus_per_node=1, return_state=True)
+        assert uneven.is_failed()
+        assert "train.batch_size 128 is not divisible by 3 ranks" in uneven.message
+        assert len([r for r in api.requests if r.method == "POST"]) == posts

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import http.server
 import json
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,7 @@ from resnet_mlops.data import cifar10
 from resnet_mlops.data.cifar10 import CLASSES
 from resnet_mlops.data.prepare import PrepareParams, prepare
 from resnet_mlops.data.preprocess import PreprocessParams, preprocess
+from resnet_mlops.data.sources import MAX_DOWNLOAD_BYTES, download
 from resnet_mlops.errors import DataError
 from resnet_mlops.params.base import ConfigError, load_stage_params
 from tests.support.archives import official_cifar_archive, tar_folder, write_class_folders
@@ -207,3 +210,55 @@ def test_prepare_in_a_dvc_experiment_copy_finds_relative_sources(tmp_path: Path,
     report = json.loads((copy / "metrics" / "prepare.json").read_text())
     assert report["source"]["kind"] == "mirror"
     assert report["source"]["path"] == str(project.resolve() / "src.tar.gz")
+
+
+class _OversizeHandler(http.server.BaseHTTPRequestHandler):
+    """``/announced``: a ``Content-Length`` over the real cap (the body never comes);
+    ``/unannounced``: 5000 bytes with no length, the end told by closing (HTTP/1.0)."""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        if self.path.startswith("/announced"):
+            self.send_header("Content-Length", str(MAX_DOWNLOAD_BYTES + 1))
+            self.end_headers()
+            self.wfile.write(b"\0" * 1000)
+        else:
+            self.end_headers()
+            self.wfile.write(b"\0" * 5000)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_a_download_over_the_cap_is_one_line_and_leaves_nothing(tmp_path: Path) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _OversizeHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        # The real cap, through the command: refused from the header, before any byte is kept.
+        url = f"{base}/announced/cifar-10-python.tar.gz"
+        done = subprocess.run(
+            ["resnet", "prepare", "--params", str(PARAMS), "--out", str(tmp_path / "prepared")]
+            + ["--report", str(tmp_path / "prepare.json"), "--download-dir", str(tmp_path / "dl")]
+            + [f"prepare.cifar10.source={url}"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert done.stderr.strip() == (
+            f"error: {url}: {MAX_DOWNLOAD_BYTES + 1} bytes, over the download cap of "
+            f"{MAX_DOWNLOAD_BYTES}"
+        )
+        assert list((tmp_path / "dl").iterdir()) == []
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["dl"]
+        # A server that does not say the length: counted as it comes.
+        url = f"{base}/unannounced/cifar-10-python.tar.gz"
+        with pytest.raises(DataError) as caught:
+            download(url, tmp_path / "dl", max_bytes=4096)
+        assert str(caught.value) == f"{url}: more than 4096 bytes, over the download cap"
+        assert list((tmp_path / "dl").iterdir()) == []
+        assert download(url, tmp_path / "dl", max_bytes=5000).stat().st_size == 5000
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 
 from resnet_mlops.engine.artifact import load_model
 from resnet_mlops.engine.checkpoint import load_checkpoint
-from resnet_mlops.train.launch import launch_requested, torchrun_command
+from resnet_mlops.train.launch import command_args, launch_requested, torchrun_command
 from tests.support.mlflow_server import free_port
 from tests.support.project import PARAMS
 
@@ -51,6 +51,14 @@ def test_torchrun_command_is_standalone_on_one_node_only() -> None:
     many = {"PET_NNODES": "2", "PET_NPROC_PER_NODE": "4", "PET_RDZV_ENDPOINT": "head:29400"}
     assert "--standalone" not in torchrun_command(args, many)
     assert torchrun_command(args, many)[-len(args) :] == args
+
+
+def test_command_args_repeat_the_options_given_and_leave_out_the_unset_ones() -> None:
+    options = {"--params": Path("p.yaml"), "--data": None, "--resume": True, "--auto": False}
+    assert command_args("train", options, ["train.model=resnet20"]) == [
+        *("train", "--params", "p.yaml", "--resume", "train.model=resnet20"),
+    ]
+    assert command_args("train", {"--data": Path("d")}) == ["train", "--data", "d"]
 
 
 def _command(folder: Path, data: Path, *extra: str) -> list[str]:
@@ -133,3 +141,73 @@ def test_checkpoint_from_two_nodes_resumes_on_one_and_back(
         m.step for run in runs for m in client.get_metric_history(run.info.run_id, "val_error")
     ]
     assert sorted(steps) == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.slow
+def test_the_trainjob_command_trains_under_kubeflow_trainers_variables(
+    tmp_path: Path, small_cifar: Path
+) -> None:
+    """Two "nodes" run the command pipelines/trainjob.py puts in the TrainJob, with the variables
+    Kubeflow Trainer's torch-distributed runtime injects (PET_MASTER_ADDR/PORT, no rendezvous
+    endpoint), on one shared folder as on the ReadWriteMany volume; then the same command on
+    one node finds the checkpoint resumable (--auto-resume: the node count is not in its key)."""
+    from pipelines.trainjob import SHARED_MOUNT, TrainJobRequest, train_command
+
+    shared = tmp_path / "shared"
+    (shared / "data" / "preprocessed").mkdir(parents=True)
+    (shared / "data" / "preprocessed" / "cifar10").symlink_to(small_cifar)
+    request = TrainJobRequest(
+        name="smoke-000001",
+        run="smoke",
+        image="resnet-mlops:gpu",
+        num_nodes=2,
+        gpus_per_node=0,
+        overrides=("dataset=cifar10", *SMALL, "train.schedule.length=20"),
+        data="data/preprocessed/cifar10",
+    )
+    command = [part.replace(SHARED_MOUNT, str(shared)) for part in train_command(request)]
+    command[0] = RESNET
+    port = str(free_port())
+    nodes = [
+        subprocess.Popen(
+            command,
+            cwd=PARAMS.parent,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=_env(
+                nnodes="2",
+                nproc_per_node="1",
+                node_rank=str(rank),
+                master_addr="127.0.0.1",
+                master_port=port,
+            ),
+        )
+        for rank in range(2)
+    ]
+    outputs = [node.communicate(timeout=600)[0] for node in nodes]
+    for node, output in zip(nodes, outputs, strict=True):
+        assert node.returncode == 0, output
+    assert "epoch 1/2: train loss" in outputs[0] and "epoch 1/2" not in outputs[1]
+    run = shared / "runs" / "smoke"
+    checkpoint = load_checkpoint(run / "models" / "checkpoint.pt")
+    assert checkpoint["train_state"]["iteration"] == 20
+    assert _iterations_of(run / "plots" / "train_history.json") == [13.0, 20.0]
+    assert json.loads((run / "metrics" / "train.json").read_text())["iteration"] == 20
+
+    # The same command on one node: resumes the finished checkpoint, trains nothing more.
+    one = subprocess.run(
+        command,
+        cwd=PARAMS.parent,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=_env(nnodes="1", nproc_per_node="1"),
+    )
+    assert one.returncode == 0, one.stdout + one.stderr
+    assert "not resuming" not in one.stderr
+    assert load_checkpoint(run / "models" / "checkpoint.pt")["train_state"]["iteration"] == 20
+
+
+def _iterations_of(history: Path) -> list[float]:
+    return [r["iteration"] for r in json.loads(history.read_text())]

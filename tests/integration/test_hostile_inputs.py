@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from resnet_mlops.data.loaders import LoaderParams, build_loader
+from resnet_mlops.data.loaders import LoaderParams, LoaderSpec, build_loader
 from resnet_mlops.data.prepare import PrepareParams, prepare
 from resnet_mlops.data.preprocess import preprocess
 from resnet_mlops.data.sources import verify_archive
@@ -35,7 +35,7 @@ from resnet_mlops.registry.connection import RegistryError
 from resnet_mlops.registry.package import preprocessing_spec
 from resnet_mlops.registry.predict import read_images
 from resnet_mlops.stages.evaluate import EvalPaths, EvaluateParams, evaluate
-from resnet_mlops.train.loop import _eval_split
+from resnet_mlops.train.trainer import eval_split
 from tests.integration.test_data_cifar10 import prepare_params, preprocess_params
 from tests.support.archives import write_class_folders
 from tests.support.data_fixtures import cifar_images, imagenet_jpegs, write_cifar10_dir
@@ -374,23 +374,25 @@ def cifar_dir(tmp_path: Path) -> Path:
 
 
 def test_missing_val_arrays_are_an_error_not_test_set_validation(cifar_dir: Path) -> None:
-    assert _eval_split("cifar10", cifar_dir) == "val"
+    assert eval_split("cifar10", cifar_dir) == "val"
     (cifar_dir / "val_images.npy").unlink()
     (cifar_dir / "val_labels.npy").unlink()
     with pytest.raises(DataError, match=r"val_images.npy: no such file, but .*stats.json lists"):
-        _eval_split("cifar10", cifar_dir)
+        eval_split("cifar10", cifar_dir)
     # Without a validation split (val_size 0), training scores itself on the test set.
     stats = json.loads((cifar_dir / "stats.json").read_text())
     del stats["splits"]["val"]
     (cifar_dir / "stats.json").write_text(json.dumps(stats))
-    assert _eval_split("cifar10", cifar_dir) == "test"
+    assert eval_split("cifar10", cifar_dir) == "test"
 
 
 def test_an_empty_training_split_is_one_line(tmp_path: Path, cifar_dir: Path) -> None:
     np.save(cifar_dir / "train_images.npy", np.zeros((0, 32, 32, 3), np.uint8))
     np.save(cifar_dir / "train_labels.npy", np.zeros((0,), np.int64))
     with pytest.raises(DataError, match=r"train_images.npy: no images \(an empty train split\)"):
-        build_loader("cifar10", "train", cifar_dir, 8, params=LoaderParams(backend="torch"))
+        build_loader(
+            LoaderSpec("cifar10", "train", cifar_dir, 8, params=LoaderParams(backend="torch"))
+        )
 
 
 def test_a_val_size_that_leaves_no_training_images_is_one_line(tmp_path: Path, tree: Path):
@@ -504,7 +506,7 @@ def test_the_cli_says_one_line(tmp_path: Path, bomb: bytes) -> None:
 
 
 def test_parallel_decoding_reads_ahead_a_bounded_number_of_bytes() -> None:
-    from resnet_mlops.data.parallel import ordered_map
+    from resnet_mlops.data.parallel import ReadAhead, ordered_map
 
     pulled = []
 
@@ -513,9 +515,8 @@ def test_parallel_decoding_reads_ahead_a_bounded_number_of_bytes() -> None:
             pulled.append(index)
             yield f"f{index}", bytes(1000)
 
-    stream = ordered_map(
-        len, files(), workers=2, description="t", weight=lambda i: len(i[1]), window_weight=5000
-    )
+    read_ahead = ReadAhead(weight=lambda i: len(i[1]), window_weight=5000)
+    stream = ordered_map(len, files(), workers=2, description="t", read_ahead=read_ahead)
     assert next(stream) == 2
     # Five items make the budget: the stream read that window, not the default 8192 items.
     assert len(pulled) == 5

@@ -19,7 +19,7 @@ from resnet_mlops.models import build_model
 from resnet_mlops.params.base import load_sections
 from resnet_mlops.params.train import TrainParams
 from resnet_mlops.report.runs import find_runs
-from resnet_mlops.train.loop import TrainPaths, train
+from resnet_mlops.train.loop import TrainJob, TrainPaths, train
 from tests.support.project import PARAMS
 
 SMALL = [
@@ -47,8 +47,8 @@ def test_a_run_trained_without_mlflow_imports_as_a_run_of_a_grid(
     run = tmp_path / "resnet20"
     paths = TrainPaths(*(run / n for n in ("checkpoint.pt", "model.pt", "m.json", "history.json")))
     provenance = {"device": "cpu", "data_version": "abc123", "mlflow.source.git.commit": "c0ffee"}
-    train(dataset, sections["train"], sections["loader"], small_cifar, paths,
-          provenance=provenance, config=tree)  # fmt: skip
+    train(TrainJob(dataset, sections["train"], sections["loader"], small_cifar, paths,
+                   config=tree, provenance=provenance))  # fmt: skip
     assert "train.cuda_graphs: ignored" in capfd.readouterr().err
 
     done = resnet("import-run", str(run), "--grid", "imported", cwd=tmp_path)

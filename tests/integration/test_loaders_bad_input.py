@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from resnet_mlops.data.loaders import LoaderParams, build_loader
+from resnet_mlops.data.loaders import LoaderParams, LoaderSpec, build_loader
 from resnet_mlops.errors import DataError
 from tests.support.data_fixtures import (
     cifar_images,
@@ -42,7 +42,9 @@ def cifar_dir(tmp_path: Path) -> Path:
 
 def cifar_loader(data_dir: Path, backend: str = "dali", split: str = "train"):
     params = LoaderParams(backend=backend, num_threads=1)
-    return lambda: build_loader("cifar10", split, data_dir, 8, params=params, device="cpu")
+    return lambda: build_loader(
+        LoaderSpec("cifar10", split, data_dir, 8, params=params, device="cpu")
+    )
 
 
 def test_missing_cifar_split_names_the_file(cifar_dir: Path) -> None:
@@ -80,7 +82,7 @@ def test_missing_or_broken_cifar_stats_name_the_file(cifar_dir: Path) -> None:
 def imagenet_loader(data_dir: Path, backend: str = "dali", train: bool = True):
     params = LoaderParams(backend=backend, num_threads=1)
     return lambda: build_loader(
-        "imagenet", "train", data_dir, 4, params=params, train=train, device="cpu"
+        LoaderSpec("imagenet", "train", data_dir, 4, params=params, train=train, device="cpu")
     )
 
 

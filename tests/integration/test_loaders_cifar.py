@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from resnet_mlops.data.loaders import LoaderParams, build_loader, load_cifar_split
+from resnet_mlops.data.loaders import LoaderParams, LoaderSpec, build_loader, load_cifar_split
 from tests.support.data_fixtures import cifar_images, write_cifar10_dir
 
 BACKENDS = ["dali", "torch"]
@@ -43,13 +43,15 @@ def batches(
         backend=backend, num_threads=1, cifar_normalization=kwargs.pop("norm", "pixel")
     )
     loader = build_loader(
-        "cifar10",
-        split,
-        data_dir,
-        kwargs.pop("batch_size", 32),
-        params=params,
-        device="cpu",
-        **kwargs,
+        LoaderSpec(
+            "cifar10",
+            split,
+            data_dir,
+            kwargs.pop("batch_size", 32),
+            params=params,
+            device="cpu",
+            **kwargs,
+        )
     )
     images, labels = zip(*loader, strict=True)
     return torch.cat(images), torch.cat(labels)
@@ -89,7 +91,15 @@ def test_train_batches_have_the_asked_layout(
 ) -> None:
     params = LoaderParams(backend=backend, num_threads=1)
     loader = build_loader(
-        "cifar10", "train", cifar_dir, 64, params=params, memory_format=memory_format, device="cpu"
+        LoaderSpec(
+            "cifar10",
+            "train",
+            cifar_dir,
+            64,
+            params=params,
+            memory_format=memory_format,
+            device="cpu",
+        )
     )
     images, labels = next(iter(loader))
     assert images.shape == (64, 3, 32, 32) and labels.shape == (64,)
@@ -136,7 +146,9 @@ def test_train_augmentation_statistics_match_between_backends(cifar_ids: Path) -
     histograms = {}
     for backend in BACKENDS:
         params = LoaderParams(backend=backend, num_threads=1)
-        loader = build_loader("cifar10", "train", cifar_ids, 128, params=params, device="cpu")
+        loader = build_loader(
+            LoaderSpec("cifar10", "train", cifar_ids, 128, params=params, device="cpu")
+        )
         parts = [batch for _ in range(epochs) for batch in loader]
         images = torch.cat([x for x, _ in parts])
         labels = torch.cat([y for _, y in parts])

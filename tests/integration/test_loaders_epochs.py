@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from resnet_mlops.data.loaders import LoaderParams, build_loader, epoch_order
+from resnet_mlops.data.loaders import LoaderParams, LoaderSpec, build_loader, epoch_order
 from resnet_mlops.data.loaders import build as build_module
 from resnet_mlops.params.base import ConfigError, from_dict
 from tests.support.data_fixtures import (
@@ -42,13 +42,15 @@ def labels_of_epoch(loader) -> list[list[int]]:
 def loader(data_dir: Path, backend: str, **kwargs):
     kwargs.setdefault("batch_size", 16)
     return build_loader(
-        "cifar10",
-        kwargs.pop("split", "train"),
-        data_dir,
-        kwargs.pop("batch_size"),
-        params=LoaderParams(backend=backend, num_threads=1),
-        device="cpu",
-        **kwargs,
+        LoaderSpec(
+            "cifar10",
+            kwargs.pop("split", "train"),
+            data_dir,
+            kwargs.pop("batch_size"),
+            params=LoaderParams(backend=backend, num_threads=1),
+            device="cpu",
+            **kwargs,
+        )
     )
 
 
@@ -123,7 +125,9 @@ def test_an_epochs_batches_follow_from_seed_and_epoch_alone(
 
     def make(threads: int):
         params = LoaderParams(backend=backend, num_threads=threads)
-        return build_loader(dataset, "train", data_dir, 16, params=params, seed=2, device="cpu")
+        return build_loader(
+            LoaderSpec(dataset, "train", data_dir, 16, params=params, seed=2, device="cpu")
+        )
 
     straight = make(1)
     epoch0 = [x for x, _ in straight]
@@ -159,14 +163,16 @@ def test_imagenet_shards_split_across_ranks(tmp_path: Path, backend: str) -> Non
     seen = []
     for rank in range(2):
         data = build_loader(
-            "imagenet",
-            "train",
-            root,
-            3,
-            params=LoaderParams(backend=backend, num_threads=1),
-            shard_id=rank,
-            num_shards=2,
-            device="cpu",
+            LoaderSpec(
+                "imagenet",
+                "train",
+                root,
+                3,
+                params=LoaderParams(backend=backend, num_threads=1),
+                shard_id=rank,
+                num_shards=2,
+                device="cpu",
+            )
         )
         seen.append(sum(labels_of_epoch(data), []))
         assert len(data) == 2 and data.num_samples == 5
@@ -202,10 +208,24 @@ def test_gpu_pipeline_matches_the_cpu_pipeline(cifar_ids: Path) -> None:
     gpu = [
         (x, y)
         for x, y in build_loader(
-            "cifar10", "test", cifar_ids, 32, params=LoaderParams(backend="dali"), device="cuda"
+            LoaderSpec(
+                "cifar10", "test", cifar_ids, 32, params=LoaderParams(backend="dali"), device="cuda"
+            )
         )
     ]
     assert all(x.is_cuda and y.is_cuda for x, y in gpu)
     for (xc, yc), (xg, yg) in zip(cpu, gpu, strict=True):
         assert torch.equal(yc, yg.cpu())
         torch.testing.assert_close(xc, xg.cpu(), atol=1e-5, rtol=0)
+
+
+def test_a_loader_spec_refuses_bad_values_when_it_is_made(cifar_ids: Path) -> None:
+    with pytest.raises(ValueError, match="batch_size must be at least 1, got 0"):
+        LoaderSpec("cifar10", "train", cifar_ids, 0)
+    with pytest.raises(ValueError, match="shard_id must be in"):
+        LoaderSpec("cifar10", "train", cifar_ids, 8, shard_id=2, num_shards=2)
+    with pytest.raises(ValueError, match="ten_crop is an ImageNet evaluation protocol"):
+        LoaderSpec("imagenet", "train", cifar_ids, 8, ten_crop=True)
+    spec = LoaderSpec("imagenet", "val", cifar_ids, 8, ten_crop=True)
+    assert not spec.training and spec.imagenet_mode == "ten_crop"
+    assert LoaderSpec("cifar10", "train", cifar_ids, 8).training

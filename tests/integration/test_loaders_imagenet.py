@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from resnet_mlops.data.loaders import IMAGENET_MEAN, IMAGENET_STD, LoaderParams, build_loader
+from resnet_mlops.data.loaders import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    LoaderParams,
+    LoaderSpec,
+    build_loader,
+)
 from tests.support.data_fixtures import imagenet_jpegs, write_imagenet_dir
 
 BACKENDS = ["dali", "torch"]
@@ -28,7 +34,9 @@ def epoch(data_dir: Path, backend: str, split: str, **kwargs) -> tuple[torch.Ten
         num_threads=1,
         imagenet_augmentation=kwargs.pop("augmentation", "random_resized_crop"),
     )
-    loader = build_loader("imagenet", split, data_dir, 5, params=params, device="cpu", **kwargs)
+    loader = build_loader(
+        LoaderSpec("imagenet", split, data_dir, 5, params=params, device="cpu", **kwargs)
+    )
     images, labels = zip(*loader, strict=True)
     assert len(images) == len(loader)
     return torch.cat(images), torch.cat(labels)
@@ -70,13 +78,15 @@ def test_train_batches_have_the_asked_shape_and_layout(
     assert labels.dtype == torch.int64 and sorted(labels.tolist()) == list(range(12))
     params = LoaderParams(backend=backend, num_threads=1, imagenet_augmentation=augmentation)
     loader = build_loader(
-        "imagenet",
-        "train",
-        imagenet_dir,
-        4,
-        params=params,
-        memory_format="channels_last",
-        device="cpu",
+        LoaderSpec(
+            "imagenet",
+            "train",
+            imagenet_dir,
+            4,
+            params=params,
+            memory_format="channels_last",
+            device="cpu",
+        )
     )
     batch, _ = next(iter(loader))
     assert batch.is_contiguous(memory_format=torch.channels_last)
@@ -88,14 +98,16 @@ def test_train_batches_have_the_asked_shape_and_layout(
 def test_ten_crop_reshapes_to_channels_last(imagenet_dir: Path, backend: str) -> None:
     params = LoaderParams(backend=backend, num_threads=1)
     loader = build_loader(
-        "imagenet",
-        "val",
-        imagenet_dir,
-        4,
-        params=params,
-        ten_crop=True,
-        memory_format="channels_last",
-        device="cpu",
+        LoaderSpec(
+            "imagenet",
+            "val",
+            imagenet_dir,
+            4,
+            params=params,
+            ten_crop=True,
+            memory_format="channels_last",
+            device="cpu",
+        )
     )
     images, _ = next(iter(loader))
     assert images.shape == (4, 10, 3, 224, 224)

@@ -25,14 +25,16 @@ from resnet_mlops.data.prepare import prepare
 from resnet_mlops.data.preprocess import preprocess
 from resnet_mlops.engine.checkpoint import save_checkpoint
 from resnet_mlops.io import (
+    OUTPUT_FILES,
     OUTPUT_MARKER,
     OutputError,
     atomic_directory,
+    check_output_file,
     write_json_atomic,
 )
 from tests.integration.test_data_cifar10 import prepare_params, preprocess_params
 from tests.support.archives import write_class_folders
-from tests.support.project import PARAMS
+from tests.support.project import PARAMS, REPO
 from tests.support.small_disk import fill, remount_read_only, small_tmpfs
 
 
@@ -296,11 +298,6 @@ def test_a_folder_is_never_made_inside_a_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow  # builds the small data set and starts a training
-@pytest.mark.xfail(
-    reason="since the output lock and the MLflow journal joined training, a full disk can fail "
-    "on a write that does not name its file ('error: no space left on device'): a known gap",
-    strict=False,
-)
 def test_training_on_a_full_disk_is_one_line_naming_the_file(small_cifar: Path, disk: Path) -> None:
     fill(disk)
     args = ["train", "--params", str(PARAMS), "--data", str(small_cifar)]
@@ -349,3 +346,87 @@ def test_a_report_path_that_is_a_folder_is_one_line(tmp_path: Path, tree: Path) 
     result = resnet_prepare(tree, tmp_path / "out", report)
     assert one_line_error(result) == f"error: {report}: is a directory"
     assert (report / "keep.txt").read_text() == "mine\n" and hidden(report) == []
+
+
+# --- single-file outputs: --report, --metrics, --history, --out of a JSON file -------------
+
+# The project's own committed outputs, each written by the command and option named.
+COMMITTED = {
+    "check-params --out": "checks/params.json",
+    "prepare --report": "metrics/prepare.json",
+    "preprocess --report": "metrics/preprocess.json",
+    "train --metrics": "metrics/train.json",
+    "train --history": "plots/train_history.json",
+    "evaluate --metrics": "metrics/evaluate.json",
+    "register --out": "metrics/register.json",
+    "report --metrics": "metrics/report.json",
+}
+
+
+def test_a_file_output_is_recognised_by_its_own_command_only(tmp_path: Path) -> None:
+    assert COMMITTED.keys() == OUTPUT_FILES.keys()
+    for writer, name in COMMITTED.items():
+        for output in OUTPUT_FILES:
+            if output == writer:
+                check_output_file(REPO / name, output)  # its own: replaced
+            else:
+                with pytest.raises(OutputError, match="was not written by"):
+                    check_output_file(REPO / name, output)
+    for harmless in ("", "{}", "[]\n"):  # nothing to lose
+        (tmp_path / "empty.json").write_text(harmless)
+        check_output_file(tmp_path / "empty.json", "train --history")
+
+
+def file_commands(target: Path, tmp_path: Path) -> dict[str, list[str]]:
+    """Each command that writes a single file, writing it to ``target`` (the refusal comes
+    before it reads its inputs, so those need not exist)."""
+    missing = str(tmp_path / "missing")
+    params = ["--params", str(PARAMS)]
+    return {
+        "check-params --out": ["check-params", *params, "--out", str(target)],
+        "prepare --report": ["prepare", *params, "--out", missing, "--report", str(target)],
+        "preprocess --report": ["preprocess", *params, "--prepared", missing, "--out", missing]
+        + ["--report", str(target)],
+        "train --metrics": ["train", *params, "--data", missing, "--out", missing]
+        + ["--metrics", str(target), "--history", str(tmp_path / "history.json")],
+        "train --history": ["train", *params, "--data", missing, "--out", missing]
+        + ["--metrics", str(tmp_path / "train.json"), "--history", str(target)],
+        "evaluate --metrics": ["evaluate", *params, "--model", missing, "--data", missing]
+        + ["--metrics", str(target), "--plots", missing],
+        "register --out": ["register", *params, "--model", missing, "--evaluation", missing]
+        + ["--data", missing, "--out", str(target)],
+        "report --metrics": ["report", *params, "--out", missing, "--metrics", str(target)],
+    }
+
+
+def test_a_file_the_command_did_not_write_is_never_replaced(tmp_path: Path) -> None:
+    """The issue's repro: ``resnet prepare ... --report params.yaml`` replaced params.yaml."""
+    precious = tmp_path / "params.yaml"
+    precious.write_text("precious: 1\n")
+    for output, args in file_commands(precious, tmp_path).items():
+        result = CliRunner().invoke(app, args)
+        force = " (use --force)" if output.startswith("pre") else ""
+        assert one_line_error(Result(result.exit_code, result.stdout, result.stderr)) == (
+            f"error: {precious}: exists and was not written by `resnet {output}`; "
+            f"refusing to replace it{force}"
+        ), output
+        assert precious.read_text() == "precious: 1\n", output
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"], output
+
+
+def test_a_report_replaces_its_own_and_force_replaces_any(tmp_path: Path, tree: Path) -> None:
+    report = tmp_path / "report.json"
+    assert resnet_prepare(tree, tmp_path / "out", report).returncode == 0
+    assert resnet_prepare(tree, tmp_path / "out", report).returncode == 0  # its own: replaced
+    report.write_text("precious: 1\n")
+    result = resnet_prepare(tree, tmp_path / "out", report)
+    assert one_line_error(result).startswith(f"error: {report}: exists and was not written")
+    assert report.read_text() == "precious: 1\n"
+    assert resnet_prepare(tree, tmp_path / "out", report, "--force").returncode == 0
+    assert json.loads(report.read_text())["dataset"] == "cifar10"
+    link = tmp_path / "link.json"
+    link.symlink_to(report)
+    result = resnet_prepare(tree, tmp_path / "out", link)
+    assert one_line_error(result) == (
+        f"error: {link}: is a symbolic link; refusing to replace it (use --force)"
+    )

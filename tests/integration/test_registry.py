@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import hashlib
 import io
 import json
 import os
@@ -183,12 +184,14 @@ def other_test_data(small_cifar: Path, folder: Path) -> Path:
 def test_cifar_inputs_are_the_training_eval_batches(
     trained: dict[str, Path], small_cifar: Path, backend: str
 ) -> None:
-    from resnet_mlops.data.loaders import LoaderParams, build_loader
+    from resnet_mlops.data.loaders import LoaderParams, LoaderSpec, build_loader
 
     _, meta = load_model(trained["model"])
     scorer = ImageScorer(None, preprocessing_spec(meta["preprocessing"]))
     params = LoaderParams(backend=backend, num_threads=1)
-    loader = build_loader("cifar10", "test", small_cifar, 25, params=params, device="cpu")
+    loader = build_loader(
+        LoaderSpec("cifar10", "test", small_cifar, 25, params=params, device="cpu")
+    )
     batch, _ = next(iter(loader))
     images = np.load(small_cifar / "test_images.npy")[:25]
     torch.testing.assert_close(scorer.inputs(list(images)), batch.cpu(), rtol=0, atol=0)
@@ -286,6 +289,39 @@ def test_champion_rule_both_ways_with_aliases_tags_and_the_decision_logged(
     assert "registry_champion_test_error" in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "registry")}
     assert artifacts == {f"registry/register-{n}.json" for n in (1, 2, 3, 4)}
+
+
+@pytest.mark.slow
+def test_registering_the_same_model_again_reuses_its_version(
+    server: MlflowServer, trained: dict[str, Path], small_cifar: Path, tmp_path: Path
+) -> None:
+    """A register that DVC runs again after a SIGTERM (the first one finished outside DVC)
+    finds the version it made: one version, the same decision."""
+    name = "registered-twice"
+
+    def register_cli(evaluation: Path, out: str) -> subprocess.CompletedProcess:
+        args = ["register", "--params", str(PARAMS), "--model", str(trained["model"])]
+        args += ["--evaluation", str(evaluation), "--data", str(small_cifar)]
+        args += ["--out", str(tmp_path / out), f"register.name={name}"]
+        result = cli(*args, uri=server.uri, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        return result
+
+    register_cli(trained["evaluation"], "first.json")
+    again = register_cli(trained["evaluation"], "again.json")
+    assert f"registered already as {name} v1" in again.stderr
+    client = MlflowClient(server.uri)
+    assert [v.version for v in client.search_model_versions(f"name = '{name}'")] == ["1"]
+    first = json.loads((tmp_path / "first.json").read_text())
+    assert json.loads((tmp_path / "again.json").read_text()) == first
+    assert first["version"] == 1 and first["promoted"]
+    assert client.get_registered_model(name).aliases == {"champion": "1", "challenger": "1"}
+    version = client.get_model_version(name, "1")
+    assert version.tags["model.sha256"] == hashlib.sha256(trained["model"].read_bytes()).hexdigest()
+    # The same file with another evaluation is another version.
+    register_cli(with_error(trained, 99.0, "evaluate-twice.json"), "other.json")
+    versions = client.search_model_versions(f"name = '{name}'")
+    assert sorted(v.version for v in versions) == ["1", "2"]
 
 
 @functools.cache

@@ -231,6 +231,67 @@ def test_auto_resume_continues_only_the_run_that_wrote_the_checkpoint(
     assert client.get_run(fresh.run_id).info.status == "FINISHED"
 
 
+@pytest.mark.slow
+def test_a_run_killed_before_its_first_checkpoint_is_ended_by_the_next_training(
+    tmp_path: Path, small_cifar: Path
+) -> None:
+    """``kill -9`` after the MLflow run started, before any checkpoint named it: the run would
+    stay RUNNING forever. The next ``resnet train`` in that folder finds it (its pid, host and
+    folder are run tags; the pid is gone) and ends it KILLED, saying why.
+
+    Training checkpoints right after it opens the run, so that window is milliseconds wide: the
+    test kills a real training later and removes its checkpoint, which leaves what a kill in
+    the window leaves (a RUNNING run that no checkpoint names)."""
+    from mlflow_server import start_mlflow_server
+
+    server = start_mlflow_server(tmp_path / "mlflow")
+    try:
+        client = MlflowClient(server.uri)
+        env = {**os.environ, "MLFLOW_TRACKING_URI": server.uri}
+        args = ["resnet", "train", "--auto-resume", "--params", str(PARAMS)]
+        args += ["--data", str(small_cifar), "--out", "models", "--metrics", "metrics.json"]
+        args += ["--history", "history.json", *TINY, "train.experiment=killed"]
+        first = subprocess.Popen(
+            [*args, "train.schedule.length=400"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.time() + 300
+        while True:
+            experiment = client.get_experiment_by_name("killed")
+            runs = client.search_runs([experiment.experiment_id]) if experiment else []
+            if runs:
+                break
+            assert time.time() < deadline and first.poll() is None, "no run started"
+            time.sleep(0.2)
+        first.kill()  # SIGKILL
+        first.wait()
+        (run,) = runs
+        (tmp_path / "models" / "checkpoint.pt").unlink(missing_ok=True)
+        assert client.get_run(run.info.run_id).info.status == "RUNNING"
+        assert run.data.tags["resnet.pid"] == str(first.pid)
+
+        second = subprocess.run(
+            [*args, "train.schedule.length=2"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert second.returncode == 0, second.stderr
+        assert f"MLflow run {run.info.run_id}: its resnet train (pid {first.pid}" in second.stderr
+        ended = client.get_run(run.info.run_id)
+        assert ended.info.status == "KILLED"
+        assert f"pid {first.pid} on " in ended.data.tags["resnet.ended"]
+        statuses = [r.info.status for r in client.search_runs([experiment.experiment_id])]
+        assert sorted(statuses) == ["FINISHED", "KILLED"]
+    finally:
+        server.stop()
+
+
 LAUNCHER = """
 import os, subprocess, sys
 # Like dvc repro: the stage command through $SHELL -c, which stays in between here.

@@ -139,7 +139,8 @@ def prepare_command(
         bool,
         typer.Option(
             "--force",
-            help="Replace --out even if it is a folder this command did not write (never a file).",
+            help="Replace --out even if it is a folder this command did not write (never a "
+            "file), and --report even if it is a file this command did not write.",
         ),
     ] = False,
 ) -> None:
@@ -165,7 +166,8 @@ def preprocess_command(
         bool,
         typer.Option(
             "--force",
-            help="Replace --out even if it is a folder this command did not write (never a file).",
+            help="Replace --out even if it is a folder this command did not write (never a "
+            "file), and --report even if it is a file this command did not write.",
         ),
     ] = False,
 ) -> None:
@@ -215,16 +217,21 @@ def train_command(
     re-runs itself under ``torch.distributed.run`` (see ``resnet_mlops.train.launch``).
     """
     from resnet_mlops.stages.train import run_training
-    from resnet_mlops.train.launch import launch_requested, relaunch_under_torchrun
+    from resnet_mlops.train.launch import command_args, launch_requested, relaunch_under_torchrun
     from resnet_mlops.train.loop import Interrupted
 
     if launch_requested(os.environ):
-        paths = {"--params": params, "--out": out, "--metrics": metrics, "--history": history}
-        argv = [str(part) for option, path in paths.items() for part in (option, path)]
-        argv += ["--data", str(data)] if data else []
-        argv += ["--resume"] * resume + ["--auto-resume"] * auto_resume
-        argv += ["--stop-with-parent"] * stop_with_parent
-        relaunch_under_torchrun(["train", *argv, *(overrides or [])])
+        options = {
+            "--params": params,
+            "--out": out,
+            "--metrics": metrics,
+            "--history": history,
+            "--data": data,
+            "--resume": resume,
+            "--auto-resume": auto_resume,
+            "--stop-with-parent": stop_with_parent,
+        }
+        relaunch_under_torchrun(command_args("train", options, overrides or []))
     mode = "auto" if auto_resume and not resume else resume
     try:
         result = run_training(
@@ -370,8 +377,7 @@ def sync_command(
     from mlflow.exceptions import MlflowException
 
     from resnet_mlops.tracking import replay_history, tracking_uri
-    from resnet_mlops.tracking.connection import short_http_limits
-    from resnet_mlops.tracking.uploader import describe
+    from resnet_mlops.tracking.connection import describe, short_http_limits
 
     uri = tracking_uri(Path.cwd())
     try:
@@ -399,6 +405,12 @@ def configure_logging() -> None:
     """
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     logging.getLogger("resnet_mlops").setLevel(logging.INFO)
+    # MLflow gives its logger an INFO handler of its own at import ("Creating initial MLflow
+    # database tables...", "Started monitoring system metrics."): chatter that would bury a
+    # one-line error. Its level comes from MLFLOW_LOGGING_LEVEL at import; a user's wins.
+    if "MLFLOW_LOGGING_LEVEL" not in os.environ:
+        os.environ["MLFLOW_LOGGING_LEVEL"] = "WARNING"
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # imported already (tests)
 
 
 @app.callback()

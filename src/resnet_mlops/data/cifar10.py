@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from resnet_mlops.data.images import DEFAULT_MAX_PIXELS, BadImage, decode_rgb
-from resnet_mlops.data.parallel import ordered_map
+from resnet_mlops.data.parallel import ReadAhead, ordered_map
 from resnet_mlops.data.sources import Problem
 from resnet_mlops.errors import DataError
 
@@ -186,7 +186,7 @@ def read_class_folders(
         workers=workers,
         description="decode CIFAR-10",
         total=len(files),
-        chunksize=512,
+        read_ahead=ReadAhead(chunksize=512),
     )
     kept: dict[str, list[tuple[np.ndarray, int, str]]] = {split: [] for split in SPLITS}
     for (name, _, split, cls, _), result in zip(files, decoded, strict=True):

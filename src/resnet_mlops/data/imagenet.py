@@ -8,7 +8,8 @@ import io
 import re
 import tarfile
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +21,10 @@ from resnet_mlops.data.images import (
     needs_reencoding,
     reencode_jpeg,
 )
-from resnet_mlops.data.parallel import ordered_map
+from resnet_mlops.data.parallel import ReadAhead, ordered_map
 from resnet_mlops.data.sources import Problem
 from resnet_mlops.errors import DataError
+from resnet_mlops.params.preprocess import ImagenetPreprocess
 
 SPLITS = ("train", "val")
 SYNSET_FILES = ("LOC_synset_mapping.txt", "synset_words.txt")
@@ -94,6 +96,10 @@ def _payload_bytes(item: tuple[object, bytes, *tuple[object, ...]]) -> int:
     return len(item[1])
 
 
+# JPEGs are large next to CIFAR's 3 kB images: small chunks, and a read-ahead bounded in bytes.
+READ_AHEAD = ReadAhead(chunksize=16, weight=_payload_bytes)
+
+
 @dataclass
 class Verified:
     """The verified source: entries per split, classes, names and what was set aside."""
@@ -104,6 +110,66 @@ class Verified:
     single_folder: bool
     problems: list[Problem]
     ignored: list[str]
+
+
+@dataclass
+class _Listing:
+    """What the walk over a source saw besides the image bytes: folders, class names, images."""
+
+    folders: dict[str | None, set[str]] = field(default_factory=dict)
+    synsets: dict[str, str] = field(default_factory=dict)
+    file_names: dict[str, str] = field(default_factory=dict)
+    ignored: list[str] = field(default_factory=list)
+    items: list[tuple[str, str | None, str]] = field(default_factory=list)
+
+    def images(self, entries: Iterable[tuple[str, bytes | None]]) -> Iterator[tuple[str, bytes]]:
+        """The images of ``entries``, noting folders, synset files and the rest on the way."""
+        for name, data in entries:
+            if data is None:
+                parts = name.rstrip("/").split("/")
+                if len(parts) >= 2 and parts[-2] in SPLITS:
+                    self.folders.setdefault(parts[-2], set()).add(parts[-1])
+                continue
+            if name.rsplit("/", 1)[-1] in SYNSET_FILES:
+                for line in data.decode("utf-8", "replace").splitlines():
+                    wnid, _, words = line.strip().partition(" ")
+                    if wnid:
+                        self.synsets[wnid] = words.split(",")[0].strip()
+                continue
+            parsed = classify(name)
+            if parsed is None:
+                self.ignored.append(name)
+                continue
+            split, wnid, filename = parsed
+            self.folders.setdefault(split, set()).add(wnid)
+            self.items.append((name, split, wnid))
+            stem = filename.rsplit(".", 1)[0]
+            if (match := NAMED_FILE.match(stem)) and match["wnid"] == wnid:
+                self.file_names.setdefault(wnid, match["name"].replace("_", " "))
+            yield name, data
+
+    def layout(self, origin: str) -> tuple[bool, list[str | None], list[str]]:
+        """Whether the classes sit at the top, the splits, and the classes every split has.
+
+        Raises:
+            DataError: no images, mixed layouts, or a class missing from a split.
+        """
+        if not self.items:
+            raise DataError(f"{origin}: no images in class folders found")
+        layouts = {split is None for _, split, _ in self.items}
+        if len(layouts) > 1:
+            raise DataError(
+                f"{origin}: mixes class folders at the top with train/ and val/ folders"
+            )
+        single = layouts == {True}
+        split_names = [None] if single else [s for s in SPLITS if s in self.folders]
+        class_sets = {split: self.folders.get(split, set()) for split in split_names}
+        for split in split_names[1:]:
+            for a, b in ((split_names[0], split), (split, split_names[0])):
+                missing = sorted(class_sets[a] - class_sets[b])
+                if missing:
+                    raise DataError(f"{origin}: class '{missing[0]}' is in {a} but not in {b}")
+        return single, split_names, sorted(class_sets[split_names[0]])
 
 
 def verify_source(
@@ -119,66 +185,21 @@ def verify_source(
     ``entries`` yields ``(name, bytes)`` for files and ``(name, None)`` for folders. Images
     over ``max_pixels`` are refused (or skipped) from their header, before decoding.
     """
-    folders: dict[str | None, set[str]] = {}
-    synsets: dict[str, str] = {}
-    file_names: dict[str, str] = {}
-    ignored: list[str] = []
-    problems: list[Problem] = []
-    items: list[tuple[str, str | None, str]] = []
-
-    def files():
-        for name, data in entries:  # type: ignore[attr-defined]
-            if data is None:
-                parts = name.rstrip("/").split("/")
-                if len(parts) >= 2 and parts[-2] in SPLITS:
-                    folders.setdefault(parts[-2], set()).add(parts[-1])
-                continue
-            if name.rsplit("/", 1)[-1] in SYNSET_FILES:
-                for line in data.decode("utf-8", "replace").splitlines():
-                    wnid, _, words = line.strip().partition(" ")
-                    if wnid:
-                        synsets[wnid] = words.split(",")[0].strip()
-                continue
-            parsed = classify(name)
-            if parsed is None:
-                ignored.append(name)
-                continue
-            split, wnid, filename = parsed
-            folders.setdefault(split, set()).add(wnid)
-            items.append((name, split, wnid))
-            stem = filename.rsplit(".", 1)[0]
-            if (match := NAMED_FILE.match(stem)) and match["wnid"] == wnid:
-                file_names.setdefault(wnid, match["name"].replace("_", " "))
-            yield name, data
-
+    listing = _Listing()
     results = list(
         ordered_map(
             _Inspect(max_pixels),
-            files(),
+            listing.images(entries),  # type: ignore[arg-type]
             workers=workers,
             description="verify images",
-            chunksize=16,
-            weight=_payload_bytes,
+            read_ahead=READ_AHEAD,
         )
     )
-    if not items:
-        raise DataError(f"{origin}: no images in class folders found")
-    layouts = {split is None for _, split, _ in items}
-    if len(layouts) > 1:
-        raise DataError(f"{origin}: mixes class folders at the top with train/ and val/ folders")
-    single = layouts == {True}
-    split_names = [None] if single else [s for s in SPLITS if s in folders]
-    class_sets = {split: folders.get(split, set()) for split in split_names}
-    reference = class_sets[split_names[0]]
-    for split in split_names[1:]:
-        for a, b in ((split_names[0], split), (split, split_names[0])):
-            missing = sorted(class_sets[a] - class_sets[b])
-            if missing:
-                raise DataError(f"{origin}: class '{missing[0]}' is in {a} but not in {b}")
-    wnids = sorted(reference)
+    single, split_names, wnids = listing.layout(origin)
     label_of = {wnid: index for index, wnid in enumerate(wnids)}
     splits: dict[str, list[Entry]] = {("train" if s is None else s): [] for s in split_names}
-    for (name, split, wnid), (size, digest, info) in zip(items, results, strict=True):
+    problems: list[Problem] = []
+    for (name, split, wnid), (size, digest, info) in zip(listing.items, results, strict=True):
         if isinstance(info, str):
             if not skip_corrupt:
                 raise DataError(f"{origin}:{name}: {info}")
@@ -204,8 +225,8 @@ def verify_source(
                 folder = wnid if single else f"{split}/{wnid}"
                 raise DataError(f"{origin}:{folder}: class folder has no images")
         split_entries.sort(key=lambda e: e.file)
-    names = [synsets.get(w) or file_names.get(w) or w for w in wnids]
-    return Verified(splits, wnids, names, single, problems, ignored)
+    names = [listing.synsets.get(w) or listing.file_names.get(w) or w for w in wnids]
+    return Verified(splits, wnids, names, single, problems, listing.ignored)
 
 
 def write_split_tsv(path: Path, entries: list[Entry]) -> None:
@@ -279,15 +300,16 @@ def write_shard(tar_path: Path, idx_path: Path, samples: list[tuple[str, bytes, 
     idx_path.write_text("\n".join(lines) + "\n")
 
 
+# One split's staging file and, per sample, its (offset, size, label) in it.
+_Staged = tuple[io.BufferedRandom, list[tuple[int, int, int]]]
+
+
 def pack_shards(
     entries_by_file: dict[str, Entry],
     source_files: object,
     out_dir: Path,
+    settings: ImagenetPreprocess,
     *,
-    shard_size: int,
-    max_side: int,
-    quality: int,
-    seed: int,
     workers: int,
     skip_corrupt: bool,
     problems: list[Problem] | None = None,
@@ -298,10 +320,49 @@ def pack_shards(
     sees every class rather than one folder at a time; validation keeps the file order.
     ``problems`` may already hold (or be filled by ``source_files`` with) the files the source
     reader refused; they count as skipped, not as missing.
+
+    Args:
+        entries_by_file: the prepare stage's verified images, by file name.
+        source_files: ``(name, bytes)`` pairs of the source (``bytes`` is None for a skip).
+        out_dir: where the shards and their DALI indexes go.
+        settings: samples per shard, re-encoding (``max_side``, ``quality``) and the seed of
+            the training order.
+        workers: processes that check and re-encode images.
+        skip_corrupt: record an unreadable or changed image as a problem instead of failing.
+        problems: the list to extend with the skipped files.
+
+    Raises:
+        DataError: an image is unreadable or changed (unless ``skip_corrupt``), or files of
+            the prepare file list are no longer in the source.
     """
-    staging: dict[str, tuple[io.BufferedRandom, list[tuple[int, int, int]]]] = {}
-    stats: Counter[str] = Counter()
     problems = [] if problems is None else problems
+    staging, stats = _stage(
+        entries_by_file, source_files, out_dir, settings, workers, skip_corrupt, problems
+    )
+    missing = len(entries_by_file) - sum(len(o) for _, o in staging.values()) - len(problems)
+    if missing:
+        raise DataError(f"{missing} files of the prepare file list are no longer in the source")
+    index: dict[str, dict[str, object]] = {}
+    for split, staged in sorted(staging.items()):
+        index[split] = _write_split(split, staged, out_dir, settings)
+        staged[0].close()
+        (out_dir / f".{split}.staging").unlink()
+    return index, stats, problems
+
+
+def _stage(
+    entries_by_file: dict[str, Entry],
+    source_files: object,
+    out_dir: Path,
+    settings: ImagenetPreprocess,
+    workers: int,
+    skip_corrupt: bool,
+    problems: list[Problem],
+) -> tuple[dict[str, _Staged], Counter[str]]:
+    """Check (and where needed re-encode) each wanted image, appending it to its split's
+    staging file in ``out_dir``; a refused one goes to ``problems`` when ``skip_corrupt``."""
+    staging: dict[str, _Staged] = {}
+    stats: Counter[str] = Counter()
 
     def wanted():
         for name, data in source_files:  # type: ignore[attr-defined]
@@ -309,15 +370,13 @@ def pack_shards(
                 yield name, data, entries_by_file[name]
 
     names_seen: collections.deque[str] = collections.deque()
-    convert = _Convert(max_side, quality)
     stream = ordered_map(
-        convert,
+        _Convert(settings.max_side, settings.quality),
         _tap(wanted(), names_seen),
         workers=workers,
         description="pack shards",
         total=len(entries_by_file),
-        chunksize=16,
-        weight=_payload_bytes,
+        read_ahead=READ_AHEAD,
     )
     for result in stream:
         entry = entries_by_file[names_seen.popleft()]
@@ -333,29 +392,30 @@ def pack_shards(
         handle, offsets = staging[entry.split]
         offsets.append((handle.tell(), len(data), entry.label))
         handle.write(data)
-    missing = len(entries_by_file) - sum(len(o) for _, o in staging.values()) - len(problems)
-    if missing:
-        raise DataError(f"{missing} files of the prepare file list are no longer in the source")
-    index: dict[str, dict[str, object]] = {}
-    for split, (handle, offsets) in sorted(staging.items()):
-        order = np.arange(len(offsets))
-        if split == "train":
-            order = np.random.default_rng(seed).permutation(len(offsets))
-        shards, indexes = [], []
-        for start in range(0, len(order), shard_size):
-            samples = []
-            for position, sample in enumerate(order[start : start + shard_size], start=start):
-                offset, size, label = offsets[sample]
-                handle.seek(offset)
-                samples.append((f"{position:08d}", handle.read(size), label))
-            name = f"{split}-{start // shard_size:05d}"
-            write_shard(out_dir / f"{name}.tar", out_dir / f"{name}.idx", samples)
-            shards.append(f"{name}.tar")
-            indexes.append(f"{name}.idx")
-        handle.close()
-        (out_dir / f".{split}.staging").unlink()
-        index[split] = {"shards": shards, "indexes": indexes, "samples": len(offsets)}
-    return index, stats, problems
+    return staging, stats
+
+
+def _write_split(
+    split: str, staged: _Staged, out_dir: Path, settings: ImagenetPreprocess
+) -> dict[str, object]:
+    """Write one split's shards from its staging file; the index entry of the split."""
+    handle, offsets = staged
+    shard_size = settings.shard_size
+    order = np.arange(len(offsets))
+    if split == "train":
+        order = np.random.default_rng(settings.seed).permutation(len(offsets))
+    shards, indexes = [], []
+    for start in range(0, len(order), shard_size):
+        samples = []
+        for position, sample in enumerate(order[start : start + shard_size], start=start):
+            offset, size, label = offsets[sample]
+            handle.seek(offset)
+            samples.append((f"{position:08d}", handle.read(size), label))
+        name = f"{split}-{start // shard_size:05d}"
+        write_shard(out_dir / f"{name}.tar", out_dir / f"{name}.idx", samples)
+        shards.append(f"{name}.tar")
+        indexes.append(f"{name}.idx")
+    return {"shards": shards, "indexes": indexes, "samples": len(offsets)}
 
 
 def _tap(items, names: collections.deque[str]):

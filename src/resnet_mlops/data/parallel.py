@@ -6,7 +6,8 @@ import itertools
 import multiprocessing
 import os
 from collections.abc import Callable, Iterable, Iterator
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from rich.progress import (
     BarColumn,
@@ -60,6 +61,23 @@ def _take(
     return batch
 
 
+@dataclass(frozen=True)
+class ReadAhead:
+    """How :func:`ordered_map` feeds its workers: tuning only, results do not depend on it.
+
+    Attributes:
+        chunksize: items sent to a worker at a time.
+        window: items read ahead of the workers, at most.
+        weight: an item's size in bytes, or None to count items alone.
+        window_weight: with ``weight``, the bytes read ahead, about (one item may pass it).
+    """
+
+    chunksize: int = 64
+    window: int = 8192
+    weight: Callable[[Any], int] | None = None
+    window_weight: int = WINDOW_BYTES
+
+
 def ordered_map(
     fn: Callable[[T], R],
     items: Iterable[T],
@@ -67,18 +85,15 @@ def ordered_map(
     workers: int,
     description: str,
     total: int | None = None,
-    chunksize: int = 64,
-    window: int = 8192,
-    weight: Callable[[T], int] | None = None,
-    window_weight: int = WINDOW_BYTES,
+    read_ahead: ReadAhead = ReadAhead(),  # noqa: B008 (frozen, so a shared default is safe)
 ) -> Iterator[R]:
     """``map(fn, items)`` over ``workers`` processes, results in input order, with progress.
 
     Order is what keeps outputs byte-identical from run to run, whatever the worker count.
-    Items are taken ``window`` at a time, and with ``weight`` (an item's size in bytes) no more
-    than about ``window_weight`` at a time, so a stream larger than memory (ImageNet's bytes,
-    or an archive of many large members) is never read ahead whole. One worker runs in this
-    process (no pickling).
+    Items are taken ``read_ahead.window`` at a time, and with ``read_ahead.weight`` no more
+    than about ``read_ahead.window_weight`` bytes at a time, so a stream larger than memory
+    (ImageNet's bytes, or an archive of many large members) is never read ahead whole. One
+    worker runs in this process (no pickling).
     """
     workers = resolve_workers(workers)
     with progress_bar() as progress:
@@ -91,7 +106,8 @@ def ordered_map(
         # fork keeps start-up cheap; the workers only run pure decode functions.
         with multiprocessing.get_context("fork").Pool(workers) as pool:
             iterator = iter(items)
-            while batch := _take(iterator, window, weight, window_weight):
-                for result in pool.imap(fn, batch, chunksize=chunksize):
+            ahead = read_ahead
+            while batch := _take(iterator, ahead.window, ahead.weight, ahead.window_weight):
+                for result in pool.imap(fn, batch, chunksize=ahead.chunksize):
                     yield result
                     progress.advance(task)

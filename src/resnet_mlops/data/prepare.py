@@ -19,6 +19,7 @@ from resnet_mlops.data.sources import (
 from resnet_mlops.errors import DataError
 from resnet_mlops.io import (
     atomic_directory,
+    check_output_file,
     check_output_folder,
     describe_outputs,
     save_array,
@@ -244,9 +245,11 @@ def prepare(
 
     ``out_dir`` is replaced only if it is missing, empty or a previous prepare output (its
     manifest says so and lists every file in it), or with ``force`` any folder; never a file.
-    That is checked before the source is read.
+    ``report_path`` is replaced only if it is a previous prepare report, or with ``force``
+    (:func:`~resnet_mlops.io.check_output_file`). Both are checked before the source is read.
     """
     check_output_folder(out_dir, "prepare", force=force)
+    check_output_file(report_path, "prepare --report", force=force)
     if dataset == "cifar10":
         return prepare_cifar10(params, out_dir, report_path, download_dir, force=force)
     if dataset == "imagenet":

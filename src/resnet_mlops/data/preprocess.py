@@ -12,6 +12,7 @@ from resnet_mlops.data.sources import Problem, iter_source_files
 from resnet_mlops.errors import DataError
 from resnet_mlops.io import (
     atomic_directory,
+    check_output_file,
     check_output_folder,
     describe_outputs,
     read_json,
@@ -163,10 +164,7 @@ def preprocess_imagenet(
                 only=entries,
             ),
             tmp,
-            shard_size=settings.shard_size,
-            max_side=settings.max_side,
-            quality=settings.quality,
-            seed=settings.seed,
+            settings,
             workers=params.workers,
             skip_corrupt=params.skip_corrupt,
             problems=refused,
@@ -216,9 +214,12 @@ def preprocess(
 
     ``out_dir`` is replaced only if it is missing, empty or a previous preprocess output (its
     manifest says so and lists every file in it), or with ``force`` any folder; never a file.
-    That is checked before the prepared data is read.
+    ``report_path`` is replaced only if it is a previous preprocess report, or with ``force``
+    (:func:`~resnet_mlops.io.check_output_file`). Both are checked before the prepared
+    data is read.
     """
     check_output_folder(out_dir, "preprocess", force=force)
+    check_output_file(report_path, "preprocess --report", force=force)
     if dataset == "cifar10":
         return preprocess_cifar10(params, prepared, out_dir, report_path, force=force)
     return preprocess_imagenet(params, prepared, out_dir, report_path, force=force)

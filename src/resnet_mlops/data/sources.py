@@ -21,6 +21,9 @@ from resnet_mlops.errors import DataError
 from resnet_mlops.io import md5_file, sha256_file
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+# The most a download may bring: three times the official CIFAR-10 archive (163 MiB). A server
+# that sends more (a wrong URL, a hostile or broken mirror) must not fill the disk.
+MAX_DOWNLOAD_BYTES = 512 * 2**20
 
 
 @dataclass(frozen=True)
@@ -49,11 +52,14 @@ def check_readable(path: Path) -> None:
         raise DataError(f"{path}: permission denied")
 
 
-def download(url: str, directory: Path, md5: str = "") -> Path:
+def download(
+    url: str, directory: Path, md5: str = "", *, max_bytes: int = MAX_DOWNLOAD_BYTES
+) -> Path:
     """Download ``url`` into ``directory`` (atomically), reusing a copy whose MD5 matches.
 
-    Shows a progress bar. A network failure or an MD5 mismatch is a one-line
-    :class:`DataError`; the partial download is removed.
+    Shows a progress bar. A network failure, an MD5 mismatch or a body over ``max_bytes``
+    (announced by ``Content-Length``, or counted as it arrives when the server does not say
+    or says less) is a one-line :class:`DataError`; the partial download is removed.
     """
     name = posixpath.basename(urllib.request.urlparse(url).path) or "download"
     target = directory / name
@@ -65,10 +71,18 @@ def download(url: str, directory: Path, md5: str = "") -> Path:
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
+            if total is not None and total > max_bytes:
+                raise DataError(f"{url}: {total} bytes, over the download cap of {max_bytes}")
+            received = 0
             columns = (*Progress.get_default_columns()[:2], DownloadColumn(), TimeRemainingColumn())
             with Progress(*columns, transient=True) as progress:
                 task = progress.add_task(f"download {name}", total=total)
                 while chunk := response.read(1 << 20):
+                    received += len(chunk)
+                    if received > max_bytes:
+                        raise DataError(
+                            f"{url}: more than {max_bytes} bytes, over the download cap"
+                        )
                     out.write(chunk)
                     progress.advance(task, len(chunk))
         if md5 and (actual := md5_file(tmp)) != md5:

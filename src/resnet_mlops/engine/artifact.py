@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from copy import deepcopy as copy_module
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +68,28 @@ def load_model(path: Path) -> tuple[ResNet, dict[str, Any]]:
     return model.eval(), {k: v for k, v in state.items() if k != "state_dict"}
 
 
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain module inside (Distributed)DataParallel and ``torch.compile`` wrappers."""
+    while True:
+        if isinstance(model, torch.nn.parallel.DistributedDataParallel | torch.nn.DataParallel):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), torch.nn.Module):
+            model = model._orig_mod  # torch.compile's OptimizedModule
+        else:
+            return model
+
+
 def state_dict_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The weights of a model, unwrapped from DDP and ``torch.compile``."""
-    module = getattr(model, "module", model)
-    module = getattr(module, "_orig_mod", module)
-    return module.state_dict()
+    return unwrap(model).state_dict()
+
+
+def portable_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A CPU copy in eval mode with contiguous weights: what an exported or logged model holds.
+
+    CPU training keeps the weights channels_last; torch.export's weight packaging then finds
+    no complete tensor for any conv weight and warns "No complete tensor found in the group!"
+    once per weight (torch 2.11-2.14, torch/export/pt2_archive/_package_weights.py).
+    """
+    copy = copy_module(unwrap(model)).cpu().eval()
+    return copy.to(memory_format=torch.contiguous_format)

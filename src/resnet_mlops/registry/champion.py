@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
@@ -53,6 +54,30 @@ class Decision:
             "margin": self.margin,
             "test_version": self.challenger.test_version,
         }
+
+    @classmethod
+    def from_metrics(cls, recorded: dict[str, Any]) -> Decision:
+        """The decision :meth:`as_metrics` recorded (a version's ``registry.decision.json``)."""
+        challenger = Standing(
+            str(recorded["version"]),
+            float(recorded["challenger_test_error"]),
+            str(recorded["test_version"]),
+        )
+        champion = None
+        if recorded["champion_version"] is not None:
+            champion = Standing(
+                str(recorded["champion_version"]),
+                float(recorded["champion_test_error"]),
+                str(recorded["test_version"]),
+            )
+        return cls(
+            bool(recorded["promoted"]),
+            str(recorded["reason"]),
+            challenger,
+            champion,
+            float(recorded["margin"]),
+            bool(recorded["champion_rescored"]),
+        )
 
 
 def decide(

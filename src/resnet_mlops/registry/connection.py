@@ -14,8 +14,13 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from resnet_mlops.errors import UserError
-from resnet_mlops.tracking.connection import SQLITE_FILE, default_tracking_uri, short_http_limits
-from resnet_mlops.tracking.uploader import describe, is_permanent
+from resnet_mlops.tracking.connection import (
+    SQLITE_FILE,
+    default_tracking_uri,
+    describe,
+    is_permanent,
+    short_http_limits,
+)
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"

@@ -20,11 +20,12 @@ from typing import Any
 import mlflow
 import yaml
 from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT
 
 from resnet_mlops.engine.artifact import load_model
-from resnet_mlops.io import write_json_atomic
+from resnet_mlops.io import check_output_file, sha256_file, write_json_atomic
 from resnet_mlops.params.register import RegisterParams
 from resnet_mlops.registry.champion import (
     ERROR_TAG,
@@ -52,6 +53,9 @@ from resnet_mlops.tracking.lineage import (
 from resnet_mlops.tracking.runs import experiment_id
 
 log = logging.getLogger(__name__)
+
+MODEL_SHA256_TAG = "model.sha256"  # of models/model.pt: the same file is registered once
+DECISION_TAG = "registry.decision.json"  # the champion decision, as metrics/register.json has it
 
 
 @dataclass(frozen=True)
@@ -166,14 +170,36 @@ def _summary(tags: dict[str, str]) -> dict[str, str]:
     return {key: tags[key] for key in keys if key in tags}
 
 
+def _registered_already(
+    client: MlflowClient, name: str, tags: dict[str, str]
+) -> ModelVersion | None:
+    """The version of ``name`` registered from this very model file with this very evaluation
+    (every tag of ``tags`` equal, :data:`MODEL_SHA256_TAG` included), if there is one.
+
+    A register killed after it created the version (SIGTERM to ``dvc repro`` does not stop it,
+    and DVC then reruns the stage) must not register the model a second time.
+    """
+    try:
+        versions = client.search_model_versions(f"name = '{name}'")
+    except MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+    same = [v for v in versions if all(v.tags.get(k) == value for k, value in tags.items())]
+    return min(same, key=lambda v: int(v.version)) if same else None
+
+
 @contextlib.contextmanager
-def _model_run(client: MlflowClient, meta: dict[str, Any], uri: str) -> Iterator[str]:
-    """The model's training run, re-opened; or a new run when this server does not have it.
+def _model_run(
+    client: MlflowClient, meta: dict[str, Any], uri: str, run_id: str | None = None
+) -> Iterator[str]:
+    """``run_id``, or else the model's training run, re-opened; or a new run when this server
+    does not have it.
 
     A re-opened run ends FINISHED whatever happens here: a failed registration does not make
     the training a failure.
     """
-    run_id = meta["provenance"].get("mlflow_run_id")
+    run_id = run_id or meta["provenance"].get("mlflow_run_id")
     if run_id:
         try:
             client.get_run(run_id)
@@ -226,15 +252,29 @@ def _rank(
     dataset: str,
 ) -> Decision:
     """Apply the champion rule and move the aliases."""
-    champion, rescored, problem = _champion_standing(client, name, challenger, dataset, data, split)
-    if problem is None:
-        decision = decide(challenger, champion, margin, rescored)
+    aliases = client.get_registered_model(name).aliases
+    if str(aliases.get(CHAMPION)) == challenger.version:  # an int from a SQL store, str by REST
+        # A version registered again (see _registered_already) that is the champion already:
+        # its recorded decision stands; comparing it with itself would "keep" it, unpromoted.
+        version = client.get_model_version(name, challenger.version)
+        try:
+            decision = Decision.from_metrics(json.loads(version.tags[DECISION_TAG]))
+        except (KeyError, ValueError, TypeError):  # killed between the alias and the tag
+            reason = f"v{challenger.version} is the champion already"
+            decision = Decision(True, reason, challenger, None, margin)
     else:
-        decision = Decision(False, problem, challenger, None, margin)
+        found = _champion_standing(client, name, challenger, dataset, data, split)
+        champion, rescored, problem = found
+        if problem is None:
+            decision = decide(challenger, champion, margin, rescored)
+        else:
+            decision = Decision(False, problem, challenger, None, margin)
     client.set_registered_model_alias(name, CHALLENGER, challenger.version)
     if decision.promoted:
         client.set_registered_model_alias(name, CHAMPION, challenger.version)
     client.set_model_version_tag(name, challenger.version, "registry.decision", decision.reason)
+    decision_json = json.dumps(decision.as_metrics(), sort_keys=True)
+    client.set_model_version_tag(name, challenger.version, DECISION_TAG, decision_json)
     return decision
 
 
@@ -266,12 +306,15 @@ def register(dataset: str, params: RegisterParams, paths: RegisterPaths, uri: st
         CheckpointError: the model file is missing or corrupt.
         DataError: the preprocessed data has no manifest for the test split.
         RegistryError: a bad evaluation file, or the tracking server cannot be reached.
+        OutputError: ``paths.out`` is a file ``resnet register`` did not write.
     """
+    check_output_file(paths.out, "register --out")
     model, meta = load_model(paths.model)
     evaluation = read_evaluation(paths.evaluation, meta["model"])
     split = str(evaluation["split"])
     test_version = split_version(paths.data, dataset, split)
     tags = version_tags(dataset, meta, evaluation, test_version, dvc_hash(paths.lock, paths.data))
+    tags[MODEL_SHA256_TAG] = sha256_file(paths.model)
     lineage = lineage_tags(meta["provenance"], _read_lock(paths.lock))
     name = model_name(dataset, params)
     client = MlflowClient(uri)
@@ -280,20 +323,32 @@ def register(dataset: str, params: RegisterParams, paths: RegisterPaths, uri: st
         reaching(uri),
         global_tracking_uri(uri),
     ):
-        files = write_model_files(model, meta, paths.model, Path(tmp))
-        with _model_run(client, meta, uri) as run_id:
-            info = log_classifier(files, metadata={"resnet_mlops": _summary(tags)})
+        existing = _registered_already(client, name, tags)
+        with _model_run(client, meta, uri, existing.run_id if existing else None) as run_id:
             lineage[RUN_ID_TAG] = run_id  # the run the version was logged from
-            version = mlflow.register_model(info.model_uri, name, tags={**tags, **lineage})
+            if existing is None:
+                files = write_model_files(model, meta, paths.model, Path(tmp))
+                info = log_classifier(files, metadata={"resnet_mlops": _summary(tags)})
+                version = mlflow.register_model(info.model_uri, name, tags={**tags, **lineage})
+                number = str(version.version)
+            else:
+                number = str(existing.version)
+                log.info(
+                    "%s is registered already as %s v%s (same model file and evaluation); "
+                    "not registering it again",
+                    paths.model,
+                    name,
+                    number,
+                )
             if not client.get_registered_model(name).description:
                 client.update_registered_model(
                     name, f"{dataset} image classifier (resnet-mlops). Input: {INPUT_DESCRIPTION}"
                 )
-            challenger = Standing(str(version.version), float(evaluation[ERROR_TAG]), test_version)
+            challenger = Standing(number, float(evaluation[ERROR_TAG]), test_version)
             decision = _rank(client, name, challenger, params.margin, paths.data, split, dataset)
             client.update_model_version(
                 name,
-                version.version,
+                number,
                 model_version_description(
                     challenger.test_error, split, decision.reason, decision.promoted, run_id
                 ),

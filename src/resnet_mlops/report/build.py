@@ -109,17 +109,7 @@ def build_report(
     selection = f"runs tagged grid={grid}" if grid else "every finished run"
     notes = [f"Left out: {unfinished} matching run(s) that did not finish."] if unfinished else []
     table6 = table6_rows(runs)
-    sources = {source for row in table6 for source in row["test_error_source"]}
-    if "last epoch" in sources:
-        notes.append(
-            "Test errors of runs that `resnet evaluate` did not score are their last epoch's "
-            "evaluation on the test set (runs trained without a validation split)."
-        )
-    if any(row["runs"] and row["test_error"] is None for row in table6):
-        notes.append(
-            "Runs trained with a validation split and never scored by `resnet evaluate` have "
-            "no test error."
-        )
+    notes += _test_error_notes(table6)
     imagenet = imagenet_rows(runs)
     figures: dict[str, Path] = {}
     if any(run.dataset == "cifar10" for run in runs):
@@ -161,6 +151,24 @@ def build_report(
     )
     markdown = render_markdown(title, table6, imagenet, html_path)
     return Report(html_path, list(figures.values()), markdown, rows)
+
+
+def _test_error_notes(table6: list[dict[str, Any]]) -> list[str]:
+    """What the page says about where Table 6's test errors come from, when not all are
+    scored by ``resnet evaluate``."""
+    notes = []
+    sources = {source for row in table6 for source in row["test_error_source"]}
+    if "last epoch" in sources:
+        notes.append(
+            "Test errors of runs that `resnet evaluate` did not score are their last epoch's "
+            "evaluation on the test set (runs trained without a validation split)."
+        )
+    if any(row["runs"] and row["test_error"] is None for row in table6):
+        notes.append(
+            "Runs trained with a validation split and never scored by `resnet evaluate` have "
+            "no test error."
+        )
+    return notes
 
 
 def log_report(report: Report, tracking_uri: str, run_id: str) -> None:

@@ -8,13 +8,13 @@ from typing import Any
 
 import torch
 
-from resnet_mlops.data.loaders import LoaderParams, build_loader, dataset_classes
+from resnet_mlops.data.loaders import LoaderParams, LoaderSpec, build_loader, dataset_classes
 from resnet_mlops.engine.artifact import load_model
 from resnet_mlops.engine.metrics import EvalResult, evaluate_model
 from resnet_mlops.engine.runtime import require_device, resolve_precision, setup_runtime
 from resnet_mlops.errors import DataError
 from resnet_mlops.evaluation.plots import plot_confusion
-from resnet_mlops.io import atomic_write_bytes, write_json_atomic
+from resnet_mlops.io import atomic_write_bytes, check_output_file, write_json_atomic
 from resnet_mlops.params import check_split, load_params
 from resnet_mlops.params.evaluate import EvaluateParams
 
@@ -65,15 +65,17 @@ def evaluate(
 
     def run(ten_crop: bool) -> EvalResult:
         loader = build_loader(
-            dataset,
-            params.split,
-            data_dir,
-            params.batch_size,
-            params=loader_params,
-            train=False,
-            ten_crop=ten_crop,
-            memory_format="channels_last" if channels_last else "contiguous",
-            device=runtime.device,
+            LoaderSpec(
+                dataset,
+                params.split,
+                data_dir,
+                params.batch_size,
+                params=loader_params,
+                train=False,
+                ten_crop=ten_crop,
+                memory_format="channels_last" if channels_last else "contiguous",
+                device=runtime.device,
+            )
         )
         return evaluate_model(
             model,
@@ -133,12 +135,17 @@ def log_to_training_run(
 def run_evaluation(
     params_path: Path, overrides: list[str], model_path: Path, data: Path | None, paths: EvalPaths
 ) -> dict[str, Any]:
-    """Parse params, :func:`evaluate`, and log the results to the model's MLflow run."""
+    """Parse params, :func:`evaluate`, and log the results to the model's MLflow run.
+
+    Raises:
+        OutputError: ``paths.metrics`` is a file ``resnet evaluate`` did not write.
+    """
     params, _ = load_params(params_path, overrides)
     check_split(params, params_path)
     require_device(params_path, "evaluate.device", params.evaluate.device)
     dataset, sections = params.dataset, {"evaluate": params.evaluate, "loader": params.loader}
     data_dir = data or Path("data/preprocessed") / dataset
+    check_output_file(paths.metrics, "evaluate --metrics")
     metrics = evaluate(
         dataset, sections["evaluate"], sections["loader"], model_path, data_dir, paths
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from resnet_mlops.engine.runtime import require_device
-from resnet_mlops.io import write_json_atomic
+from resnet_mlops.io import check_output_file, write_json_atomic
 from resnet_mlops.params import Params, check_pipeline, load_params
 
 # What `resnet check-params --out` writes: the same bytes whatever the params, so that DVC
@@ -18,7 +18,10 @@ def check_params(params_path: Path, overrides: list[str], out: Path | None = Non
 
     Raises:
         ConfigError: one line naming the file and the key.
+        OutputError: ``out`` is a file ``resnet check-params`` did not write.
     """
+    if out is not None:
+        check_output_file(out, "check-params --out")
     params, _ = load_params(params_path, overrides)
     check_pipeline(params, params_path)
     require_device(params_path, "train.device", params.train.device)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from resnet_mlops.io import write_json_atomic
+from resnet_mlops.io import check_output_file, write_json_atomic
 from resnet_mlops.params import load_params
 from resnet_mlops.report import Report, build_report
 from resnet_mlops.report.build import summary_metrics
@@ -26,6 +26,8 @@ def run_report(
     ``experiment`` and ``grid`` default to the report section (``experiment: auto`` is the
     training experiment); ``data`` to the preprocessed CIFAR-10 test images when present.
     """
+    if metrics is not None:
+        check_output_file(metrics, "report --metrics")
     params, _ = load_params(params_path, overrides)
     settings = params.report
     if experiment is None:

@@ -9,51 +9,46 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
+from mlflow.exceptions import MlflowException
 
 from resnet_mlops.project import project_root
 
 SQLITE_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
 
-# MLflow's defaults (7 retries with exponential backoff, 120 s timeout) can hold a call for
-# minutes when the server is down. The tracker retries in its own background thread, so one
-# short attempt per call is enough; each urllib3 retry would also print a warning of its own.
+# MLflow's own retry settings. Its defaults (7 retries with backoff, 120 s timeout) hold a call
+# for minutes when the server is down; the journal and `resnet sync` are our retry, so one
+# short attempt is enough.
 HTTP_LIMITS: dict[str, str] = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
 }
+# MLflow wraps a failed connection in a long message; the cause is what a user needs to read.
+_CAUSES = {
+    "Connection refused": "connection refused",
+    "timed out": "timed out",
+    "Name or service not known": "unknown host",
+    "No route to host": "no route to host",
+}
 
 
 def default_tracking_uri(root: Path) -> str:
-    """The embedded store used when ``MLFLOW_TRACKING_URI`` is unset: ``<root>/mlflow.db``.
+    """``sqlite:////abs/<root>/mlflow.db``, used when ``MLFLOW_TRACKING_URI`` is unset.
 
-    The path is absolute because a DVC experiment may run in a temporary copy of the
-    repository, and its runs must still land in the project's database.
-
-    Args:
-        root: The project root.
-
-    Returns:
-        ``sqlite:////abs/path/mlflow.db``.
+    Absolute, because a DVC experiment may run in a temporary copy of the repository.
     """
     return f"sqlite:///{(project_root(root) / SQLITE_FILE).as_posix()}"
 
 
 def tracking_uri(root: Path) -> str:
-    """``MLFLOW_TRACKING_URI``, or the embedded store under ``root`` (:func:`default_tracking_uri`).
-
-    Every command that records or reads runs resolves its store here: ``resnet train``,
-    ``evaluate``, ``register``, ``pull``, ``predict``, ``report`` and the Prefect flows.
-    """
+    """``MLFLOW_TRACKING_URI``, or the embedded store under ``root``; every command uses it."""
     return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(root)
 
 
 def local_artifact_location(tracking_uri: str, experiment: str) -> str | None:
-    """Where an embedded SQLite store keeps a new experiment's artifacts; None for a server.
+    """``<db folder>/mlartifacts/<experiment>`` for an embedded SQLite store; None otherwise.
 
-    MLflow would put them under ``./mlruns`` of the current folder, which for a DVC
-    experiment is a temporary copy that is deleted afterwards; ``<db folder>/mlartifacts``
-    lives beside the database instead.
+    MLflow would use ``./mlruns``, which for a DVC experiment is a temporary copy.
     """
     prefix = "sqlite:///"
     if not tracking_uri.startswith(prefix) or tracking_uri.endswith(":memory:"):
@@ -65,14 +60,9 @@ def local_artifact_location(tracking_uri: str, experiment: str) -> str | None:
 
 @contextlib.contextmanager
 def short_http_limits() -> Iterator[None]:
-    """Apply :data:`HTTP_LIMITS` to this process's MLflow client while the block runs.
-
-    MLflow reads them from the environment on every request. Values the user exported
-    themselves win; only the ones set here are removed afterwards.
-    """
+    """Set :data:`HTTP_LIMITS` for the block; values the user exported win."""
     added = [name for name in HTTP_LIMITS if name not in os.environ]
-    for name in added:
-        os.environ[name] = HTTP_LIMITS[name]
+    os.environ.update({name: HTTP_LIMITS[name] for name in added})
     try:
         yield
     finally:
@@ -82,20 +72,31 @@ def short_http_limits() -> Iterator[None]:
 
 @contextlib.contextmanager
 def global_tracking_uri(uri: str) -> Iterator[None]:
-    """Point MLflow's fluent API at ``uri`` for the block, then restore what was there.
+    """Point MLflow's fluent API (``mlflow.pytorch.log_model`` has no URI argument) at ``uri``.
 
-    ``mlflow.pytorch.log_model`` has no tracking URI argument; it uses the global one.
+    ``mlflow.set_tracking_uri`` also exports ``MLFLOW_TRACKING_URI``, so the variable as it
+    was is all there is to restore.
     """
-    from mlflow.tracking._tracking_service import utils
-
-    # Restore exactly what was there: the module's global (usually unset) and the variable.
-    # Re-setting the variable's value as the global would pin it for the whole process.
-    previous_global = utils._tracking_uri
-    previous_env = os.environ.get("MLFLOW_TRACKING_URI")
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(previous_global)  # type: ignore[arg-type]
-        if previous_env is not None:
-            os.environ["MLFLOW_TRACKING_URI"] = previous_env
+        mlflow.set_tracking_uri(None)  # type: ignore[arg-type]  # unsets it
+        if previous is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = previous
+
+
+def is_permanent(error: BaseException) -> bool:
+    """Whether the server answered and refused (4xx but 429): retrying cannot help."""
+    if not isinstance(error, MlflowException):
+        return False
+    code = error.get_http_status_code()
+    return 400 <= code < 500 and code != 429
+
+
+def describe(error: BaseException) -> str:
+    """A short reason for a failed MLflow call: a connection error's cause, or the first line."""
+    text = str(error).strip()
+    cause = next((short for needle, short in _CAUSES.items() if needle in text), None)
+    return cause or (text.splitlines()[0][:300] if text else type(error).__name__)

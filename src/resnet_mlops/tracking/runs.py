@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 from mlflow.entities import LifecycleStage, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking.context.registry import resolve_tags
-from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
+from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
 from resnet_mlops.errors import UserError
 from resnet_mlops.params.base import flatten
@@ -36,12 +36,8 @@ def param_value(value: Any) -> str:
 
 
 def experiment_id(client: MlflowClient, name: str, tracking_uri: str) -> str:
-    """The id of experiment ``name``, created if missing (as a model-training experiment, see
-    :data:`~resnet_mlops.tracking.lineage.EXPERIMENT_TAGS`).
-
-    Raises:
-        TrackingError: the experiment exists but is deleted.
-    """
+    """The id of experiment ``name``, created if missing (as a model-training experiment:
+    :data:`~resnet_mlops.tracking.lineage.EXPERIMENT_TAGS`); TrackingError if it is deleted."""
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         location = local_artifact_location(tracking_uri, name)
@@ -60,75 +56,51 @@ def experiment_id(client: MlflowClient, name: str, tracking_uri: str) -> str:
 
 
 def open_run(
-    client: MlflowClient,
-    *,
-    experiment: str,
-    tracking_uri: str,
-    run_id: str | None,
-    run_name: str | None,
-    tags: Mapping[str, str],
+    client: MlflowClient, experiment: str, uri: str, run_id: str | None, **new: Any
 ) -> tuple[str, Mapping[str, str], Mapping[str, str]]:
-    """Re-open run ``run_id`` (set RUNNING again), or create a run when it is None or unknown.
-
-    A new run gets ``tags`` plus the context tags MLflow's own ``start_run`` adds (user,
-    source script).
-
-    Returns:
-        The run id, and the params and tags the run already has.
-
-    Raises:
-        TrackingError: the run is deleted.
-    """
+    """Re-open run ``run_id`` (RUNNING again; TrackingError if deleted), or create one when it
+    is None or unknown (``new``: ``run_name``, ``tags``, plus ``mlflow.start_run``'s context
+    tags); returns the run id, and the params and tags the run already has."""
     if run_id is not None:
         try:
             run = client.get_run(run_id)
         except MlflowException as error:
             if error.error_code != "RESOURCE_DOES_NOT_EXIST":
                 raise
-            log.warning("MLflow run %s not found in %s; starting a new run", run_id, tracking_uri)
+            log.warning("MLflow run %s not found in %s; starting a new run", run_id, uri)
         else:
             if run.info.lifecycle_stage != LifecycleStage.ACTIVE:
                 raise TrackingError(f"MLflow run {run_id} is deleted")
             if run.info.status != "RUNNING":
                 client.update_run(run_id, status="RUNNING")
             return run_id, run.data.params, run.data.tags
-    run = client.create_run(
-        experiment_id(client, experiment, tracking_uri), run_name=run_name, tags=resolve_tags(tags)
-    )
+    tags = resolve_tags(new.get("tags") or {})
+    experiment = experiment_id(client, experiment, uri)
+    run = client.create_run(experiment, run_name=new.get("run_name"), tags=tags)
     return run.info.run_id, {}, run.data.tags
 
 
 def log_params_and_tags(
-    client: MlflowClient,
-    run_id: str,
-    params: Mapping[str, Any],
-    tags: Mapping[str, str],
-    *,
-    existing: tuple[Mapping[str, str], Mapping[str, str]] = ({}, {}),
+    client: MlflowClient, run_id: str, params: Mapping[str, Any], tags: Mapping[str, str]
 ) -> None:
     """Log the flattened params and the tags that the run does not have yet.
 
     MLflow params cannot change, so a resumed run keeps the values it started with; values
-    that differ are reported in a warning. Sent 100 of each per request, MLflow's limit.
+    that differ are named in a warning. ``log_batch`` splits them into MLflow-sized requests.
     """
-    old_params, old_tags = existing
+    data = client.get_run(run_id).data
     new_params = {key: param_value(value) for key, value in flatten(params).items()}
     new_tags = {key: str(value) for key, value in tags.items()}
     changed = [
         f"{key}: {old[key]!r} -> {value!r}"
-        for old, new in ((old_params, new_params), (old_tags, new_tags))
+        for old, new in ((data.params, new_params), (data.tags, new_tags))
         for key, value in new.items()
         if key in old and old[key] != value
     ]
     if changed:
         log.warning("run %s keeps its values of %s", run_id, "; ".join(changed))
-    param_list = [Param(k, v) for k, v in new_params.items() if k not in old_params]
-    tag_list = [RunTag(k, v) for k, v in new_tags.items() if k not in old_tags]
-    step = MAX_PARAMS_TAGS_PER_BATCH
-    for start in range(0, max(len(param_list), len(tag_list)), step):
-        client.log_batch(
-            run_id,
-            params=param_list[start : start + step],
-            tags=tag_list[start : start + step],
-            synchronous=True,
-        )
+    client.log_batch(
+        run_id,
+        params=[Param(k, v) for k, v in new_params.items() if k not in data.params],
+        tags=[RunTag(k, v) for k, v in new_tags.items() if k not in data.tags],
+    )

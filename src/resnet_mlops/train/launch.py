@@ -53,6 +53,24 @@ def torchrun_command(args: Sequence[str], environ: Mapping[str, str]) -> list[st
     return [*command, "-m", "resnet_mlops.cli", *args]
 
 
+def command_args(
+    command: str, options: Mapping[str, object], arguments: Sequence[str] = ()
+) -> list[str]:
+    """``resnet <command>``'s command line again, for the workers torchrun starts.
+
+    Each option (``{"--out": Path("models"), "--resume": True}``) becomes ``--flag value``, a
+    switch that is on just ``--flag``; switches that are off and options that are None are left
+    out, so the workers see their defaults. ``arguments`` (e.g. ``key=value`` overrides) follow.
+    """
+    args = [command]
+    for flag, value in options.items():
+        if value is True:
+            args.append(flag)
+        elif value is not None and value is not False:
+            args += [flag, str(value)]
+    return [*args, *arguments]
+
+
 def relaunch_under_torchrun(args: Sequence[str]) -> NoReturn:
     """Replace this process with torchrun running ``resnet <args>``.
 

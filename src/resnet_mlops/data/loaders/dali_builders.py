@@ -12,10 +12,10 @@ from resnet_mlops.data.loaders.cifar_arrays import CifarSplit
 from resnet_mlops.data.loaders.dali_graphs import build_pipeline, cifar10_graph, imagenet_graph
 from resnet_mlops.data.loaders.dali_loader import BatchFeeder, DaliLoader
 from resnet_mlops.data.loaders.jpeg_shards import JpegShards
-from resnet_mlops.data.loaders.recipe import ImagenetMode
+from resnet_mlops.data.loaders.spec import LoaderSpec
 from resnet_mlops.data.loaders.torch_transforms import decode_error_reason, decode_rgb
 from resnet_mlops.errors import DataError
-from resnet_mlops.params.loader import IMAGENET_MEAN, IMAGENET_STD, MemoryFormat
+from resnet_mlops.params.loader import IMAGENET_MEAN, IMAGENET_STD
 
 
 def _reason(message: str) -> str:
@@ -35,22 +35,12 @@ def _device_id(device: torch.device) -> int | None:
 
 
 def cifar10_dali_loader(
-    data: CifarSplit,
-    shift: np.ndarray,
-    scale: np.ndarray,
-    *,
-    where: str,
-    train: bool,
-    batch_size: int,
-    num_threads: int,
-    shuffle: bool,
-    seed: int,
-    shard_id: int,
-    num_shards: int,
-    memory_format: MemoryFormat,
-    device: torch.device,
+    data: CifarSplit, shift: np.ndarray, scale: np.ndarray, spec: LoaderSpec, device: torch.device
 ) -> DaliLoader:
-    """CIFAR-10 from the in-memory arrays; on a GPU the whole split lives in GPU memory."""
+    """CIFAR-10 from the in-memory arrays; on a GPU the whole split lives in GPU memory.
+
+    ``shift`` and ``scale`` normalise the images; ``device`` is ``spec.device`` resolved.
+    """
     device_id = _device_id(device)
     placement = "cpu" if device_id is None else "gpu"
     if placement == "gpu":
@@ -69,60 +59,46 @@ def cifar10_dali_loader(
         def fetch(order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             return data.images[order], data.labels[order]
 
-    layout = "HWC" if memory_format == "channels_last" else "CHW"
+    layout = "HWC" if spec.hwc else "CHW"
 
     def make_pipeline(feeder: BatchFeeder, pipeline_seed: int) -> Pipeline:
         graph = partial(
             cifar10_graph,
             feeder,
             placement=placement,
-            train=train,
+            train=spec.training,
             shift=shift,
             scale=scale,
             layout=layout,
         )
         return build_pipeline(
             graph,
-            batch_size=batch_size,
-            num_threads=num_threads,
+            batch_size=spec.batch_size,
+            num_threads=spec.params.num_threads,
             device_id=device_id,
             seed=pipeline_seed,
         )
 
     def find_culprit(recent: np.ndarray, message: str) -> DataError:
-        return DataError(f"{where}: the DALI pipeline failed ({_reason(message)})")
+        return DataError(f"{spec.data_dir}: the DALI pipeline failed ({_reason(message)})")
 
     return DaliLoader(
+        spec,
+        num_samples=len(data),
         make_pipeline=make_pipeline,
         fetch=fetch,
-        num_samples=len(data),
-        batch_size=batch_size,
-        shuffle=shuffle,
-        seed=seed,
-        shard_id=shard_id,
-        num_shards=num_shards,
-        layout_is_hwc=layout == "HWC",
         find_culprit=find_culprit,
     )
 
 
-def imagenet_dali_loader(
-    shards: JpegShards,
-    *,
-    mode: ImagenetMode,
-    batch_size: int,
-    num_threads: int,
-    shuffle: bool,
-    seed: int,
-    shard_id: int,
-    num_shards: int,
-    memory_format: MemoryFormat,
-    device: torch.device,
-) -> DaliLoader:
-    """ImageNet from the tar shards: JPEG bytes in, decoded on the CPU or with nvJPEG."""
+def imagenet_dali_loader(shards: JpegShards, spec: LoaderSpec, device: torch.device) -> DaliLoader:
+    """ImageNet from the tar shards: JPEG bytes in, decoded on the CPU or with nvJPEG.
+
+    ``device`` is ``spec.device`` resolved.
+    """
     device_id = _device_id(device)
     placement = "cpu" if device_id is None else "gpu"
-    layout = "HWC" if memory_format == "channels_last" else "CHW"
+    layout = "HWC" if spec.hwc else "CHW"
 
     def fetch(order: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
         jpegs = [np.frombuffer(shards.jpeg(i), dtype=np.uint8) for i in order]
@@ -133,15 +109,15 @@ def imagenet_dali_loader(
             imagenet_graph,
             feeder,
             placement=placement,
-            mode=mode,
+            mode=spec.imagenet_mode,
             mean=IMAGENET_MEAN,
             std=IMAGENET_STD,
             layout=layout,
         )
         return build_pipeline(
             graph,
-            batch_size=batch_size,
-            num_threads=num_threads,
+            batch_size=spec.batch_size,
+            num_threads=spec.params.num_threads,
             device_id=device_id,
             seed=pipeline_seed,
         )
@@ -163,14 +139,9 @@ def imagenet_dali_loader(
         )
 
     return DaliLoader(
+        spec,
+        num_samples=len(shards),
         make_pipeline=make_pipeline,
         fetch=fetch,
-        num_samples=len(shards),
-        batch_size=batch_size,
-        shuffle=shuffle,
-        seed=seed,
-        shard_id=shard_id,
-        num_shards=num_shards,
-        layout_is_hwc=layout == "HWC",
         find_culprit=find_culprit,
     )

@@ -17,6 +17,7 @@ from resnet_mlops.data.loaders.epochs import (
     pipeline_seed,
     shard_size,
 )
+from resnet_mlops.data.loaders.spec import LoaderSpec
 from resnet_mlops.errors import DataError
 
 # Batches DALI may have taken from the feeder and not yet returned: the pipeline's prefetch
@@ -68,27 +69,31 @@ class DaliLoader:
 
     def __init__(
         self,
+        spec: LoaderSpec,
         *,
+        num_samples: int,
         make_pipeline: Callable[[BatchFeeder, int], Pipeline],
         fetch: Callable[[np.ndarray], tuple[Any, Any]],
-        num_samples: int,
-        batch_size: int,
-        shuffle: bool,
-        seed: int,
-        shard_id: int,
-        num_shards: int,
-        layout_is_hwc: bool,
         find_culprit: Callable[[np.ndarray, str], DataError],
     ) -> None:
-        self.num_samples = shard_size(num_samples, shard_id, num_shards)
-        self.batch_size = batch_size
+        """Read ``num_samples`` (the whole split) as ``spec`` asks.
+
+        Args:
+            spec: batch size, shuffling, seed, this rank's shard and the memory format.
+            num_samples: samples in the whole split, all ranks together.
+            make_pipeline: builds a pipeline that reads the feeder, with the given seed.
+            fetch: the samples of a batch of indices, as the pipeline's input takes them.
+            find_culprit: the error to raise for a failed pass, given the indices in flight.
+        """
+        self.num_samples = shard_size(num_samples, spec.shard_id, spec.num_shards)
+        self.batch_size = spec.batch_size
         self.epoch = 0
         self._total = num_samples
-        self._shuffle, self._seed = shuffle, seed
-        self._shard_id, self._num_shards = shard_id, num_shards
-        self._hwc = layout_is_hwc
+        self._shuffle, self._seed = spec.training, spec.seed
+        self._shard_id, self._num_shards = spec.shard_id, spec.num_shards
+        self._hwc = spec.hwc
         self._make_pipeline, self._find_culprit = make_pipeline, find_culprit
-        self._feeder = BatchFeeder(fetch, batch_size)
+        self._feeder = BatchFeeder(fetch, spec.batch_size)
         self._iterator: DALIGenericIterator | None = None
 
     def __len__(self) -> int:

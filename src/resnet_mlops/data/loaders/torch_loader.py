@@ -28,13 +28,13 @@ from resnet_mlops.data.loaders.epochs import (
 )
 from resnet_mlops.data.loaders.jpeg_shards import JpegShards
 from resnet_mlops.data.loaders.recipe import to_memory_format
+from resnet_mlops.data.loaders.spec import LoaderSpec
 from resnet_mlops.data.loaders.torch_transforms import (
     ImagenetTransform,
     decode_error_reason,
     decode_rgb,
 )
 from resnet_mlops.errors import DataError
-from resnet_mlops.params.loader import MemoryFormat
 
 
 @dataclass(frozen=True)
@@ -179,30 +179,26 @@ class TorchLoader:
 
     backend = "torch"
 
-    def __init__(
-        self,
-        dataset: Dataset,
-        *,
-        batch_size: int,
-        num_workers: int,
-        shuffle: bool,
-        seed: int,
-        shard_id: int,
-        num_shards: int,
-        memory_format: MemoryFormat,
-        device: torch.device,
-    ) -> None:
+    def __init__(self, dataset: Dataset, spec: LoaderSpec, device: torch.device) -> None:
+        """Read ``dataset`` as ``spec`` asks, onto ``device`` (``spec.device`` resolved).
+
+        ``spec.params.num_threads`` is the number of worker processes.
+        """
         self.sampler = EpochSampler(
-            len(dataset), shuffle=shuffle, seed=seed, shard_id=shard_id, num_shards=num_shards
+            len(dataset),
+            shuffle=spec.training,
+            seed=spec.seed,
+            shard_id=spec.shard_id,
+            num_shards=spec.num_shards,
         )
         self.num_samples = len(self.sampler)
-        self.batch_size = batch_size
-        self.device, self.memory_format = device, memory_format
+        self.batch_size = spec.batch_size
+        self.device, self.memory_format = device, spec.memory_format
         self.loader = DataLoader(
             dataset,
-            batch_size=batch_size,
+            batch_size=spec.batch_size,
             sampler=self.sampler,
-            num_workers=num_workers,
+            num_workers=spec.params.num_threads,
             collate_fn=collate,
             pin_memory=device.type == "cuda",
             drop_last=False,
