@@ -1,50 +1,33 @@
-"""Shared test helpers: the real params.yaml, the team's real data, small real fixtures."""
+"""Fixtures every tier shares (the real params.yaml, the team's real data, small real fixtures,
+a throwaway MLflow store), and the tier markers: a test's folder under tests/ is its marker
+(``unit``, ``integration`` or ``e2e``), so ``pytest -m unit`` runs that tier wherever it lives.
+The helpers tests import are in ``tests/support``."""
 
 from __future__ import annotations
 
 import functools
 import http.server
-import io
 import os
-import pickle
-import shutil
 import tarfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-PARAMS = REPO / "params.yaml"
-DATASETS = REPO.parent / "shared" / "datasets"
-CIFAR_MIRROR = DATASETS / "cifar10-jpg.tar.gz"
-IMAGENET_SAMPLE = DATASETS / "imagenet-sample.tar.gz"
-# What a clone holds besides src/: the pipeline, its params and the DVC config with its remote.
-PROJECT_FILES = (
-    "dvc.yaml",
-    ".dvcignore",
-    ".gitignore",
-    ".dvc/config",
-    ".dvc/.gitignore",
-    ".dvc/plots/offline.html",  # the plots page (plots.html_template)
-)
+from tests.support.archives import write_class_folders
+from tests.support.project import CIFAR_MIRROR, PARAMS
+
+TIERS = ("unit", "integration", "e2e")
 
 
-def copy_project(
-    repo: Path, files: tuple[str, ...] = PROJECT_FILES, packages: tuple[str, ...] = ()
-) -> Path:
-    """Copy the pipeline's files and ``src/resnet_mlops`` (the code deps of dvc.yaml; the
-    ``resnet`` that runs is the installed one) plus ``packages`` into ``repo``."""
-    for name in files:
-        (repo / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(REPO / name, repo / name)
-    for package in ("src/resnet_mlops", *packages):
-        shutil.copytree(
-            REPO / package, repo / package, ignore=shutil.ignore_patterns("__pycache__")
-        )
-    return repo
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with its tier, the folder it lives in (tests/<tier>/...)."""
+    root = Path(__file__).resolve().parent
+    for item in items:
+        parts = item.path.resolve().relative_to(root).parts
+        if parts[0] in TIERS:
+            item.add_marker(parts[0])
 
 
 @pytest.fixture(scope="session")
@@ -66,59 +49,6 @@ def cifar_jpegs() -> dict[str, dict[str, list[bytes]]]:
             ):
                 break
     return found
-
-
-def write_class_folders(root: Path, jpegs: dict[str, dict[str, list[bytes]]]) -> Path:
-    """Lay out ``root/<split>/<class>/NNNN.jpg``."""
-    for split, classes in jpegs.items():
-        for cls, images in classes.items():
-            folder = root / split / cls
-            folder.mkdir(parents=True, exist_ok=True)
-            for index, data in enumerate(images):
-                (folder / f"{index:04d}.jpg").write_bytes(data)
-    return root
-
-
-def tar_folder(folder: Path, archive: Path, arcname_prefix: str = "") -> Path:
-    """Pack a folder's contents into a .tar.gz (paths relative to the folder)."""
-    with tarfile.open(archive, "w:gz") as tar:
-        for path in sorted(folder.rglob("*")):
-            tar.add(
-                path, arcname=arcname_prefix + path.relative_to(folder).as_posix(), recursive=False
-            )
-    return archive
-
-
-def official_cifar_archive(path: Path, per_batch: int = 4, seed: int = 0) -> tuple[Path, dict]:
-    """A small archive in the official ``cifar-10-python.tar.gz`` format (pickled batches).
-
-    Returns the archive and the arrays it holds: {"train": (images NHWC, labels), "test": ...}.
-    """
-    rng = np.random.default_rng(seed)
-    batches = {}
-    arrays: dict[str, list] = {"train": [], "test": []}
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        images = rng.integers(0, 256, size=(per_batch, 32, 32, 3), dtype=np.uint8)
-        labels = rng.integers(0, 10, size=per_batch).tolist()
-        batches[name] = {
-            b"batch_label": name.encode(),
-            b"labels": labels,
-            b"data": images.transpose(0, 3, 1, 2).reshape(per_batch, 3072),
-            b"filenames": [f"{name}_{i}.png".encode() for i in range(per_batch)],
-        }
-        arrays["test" if name == "test_batch" else "train"].append((images, labels))
-    batches["batches.meta"] = {b"label_names": [c.encode() for c in "abcdefghij"]}
-    with tarfile.open(path, "w:gz") as tar:
-        for name, content in batches.items():
-            payload = pickle.dumps(content, protocol=2)
-            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
-            info.size = len(payload)
-            tar.addfile(info, io.BytesIO(payload))
-    merged = {
-        split: (np.concatenate([i for i, _ in parts]), np.concatenate([y for _, y in parts]))
-        for split, parts in arrays.items()
-    }
-    return path, merged
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):

@@ -30,7 +30,7 @@ from resnet_mlops.models import build_model
 from resnet_mlops.params.base import apply_overrides, load_sections, read_yaml
 
 REPO = Path(__file__).resolve().parents[2]
-# What `dvc repro` needs of the project (tests/conftest.py's PROJECT_FILES) besides src/.
+# What `dvc repro` needs of the project (tests/support/project.py's PROJECT_FILES) besides src/.
 PROJECT_FILES = ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", ".dvc/config")
 
 

@@ -1,0 +1,1 @@
+"""The whole pipeline, the Prefect flows, the Docker stack's wiring and services."""

@@ -1,0 +1,1 @@
+"""Pure and fast: no servers, no subprocesses of ``resnet``, dvc or Prefect."""

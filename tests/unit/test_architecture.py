@@ -1,0 +1,55 @@
+"""The package's layers import downward only, and each DVC stage depends on exactly its code."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.support.architecture import SRC, as_deps, closure_files, expand_deps
+
+REPO = SRC.parent
+STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+
+
+def test_layers_import_downward_only() -> None:
+    # import-linter's contracts in pyproject.toml: the layers and "never imports prefect".
+    lint = shutil.which("lint-imports")
+    assert lint, "import-linter is a dev dependency"
+    result = subprocess.run(
+        [lint, "--no-cache"], cwd=REPO, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "0 broken" in result.stdout
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_stage_deps_are_exactly_the_import_closure_of_its_module(stage: str) -> None:
+    module = f"resnet_mlops.stages.{stage}"
+    assert (SRC / "resnet_mlops" / "stages" / f"{stage}.py").exists(), module
+    deps = [d for d in STAGES[stage]["deps"] if d.startswith("src/")]
+    closure = closure_files(module)
+    listed = expand_deps(deps)
+    assert listed - closure == set(), f"{stage}: deps the stage never runs"
+    assert closure - listed == set(), f"{stage}: code the stage runs but DVC does not watch"
+    assert deps == as_deps(closure), f"{stage}: not in the canonical (folders, then files) form"
+
+
+def test_editing_the_report_reruns_only_the_report_stage() -> None:
+    users = {
+        stage
+        for stage in STAGES
+        if Path("src/resnet_mlops/report/figures.py")
+        in closure_files(f"resnet_mlops.stages.{stage}")
+    }
+    assert users == {"report"}
+
+
+def test_a_module_no_stage_imports_reruns_nothing() -> None:
+    runs = set().union(*(closure_files(f"resnet_mlops.stages.{s}") for s in STAGES))
+    # The model zoo's table and the registry's pull serve the CLI only.
+    for module in ("models/zoo.py", "registry/pull.py", "cli/__init__.py"):
+        assert Path("src/resnet_mlops") / module not in runs
