@@ -10,7 +10,7 @@ later TrainJob with the same run name and params resumes it on any number of nod
 (``--auto-resume``: the checkpoint holds nothing per rank).
 
 ``deploy/k8s/trainjob.yaml`` is this module's output for the ImageNet ResNet-50 example
-(``tests/test_k8s_manifests.py`` keeps the two equal).
+(``tests/unit/test_k8s_manifests.py`` keeps the two equal).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The local journal of a run, and ``resnet sync`` (:func:`replay_history`), which sends it.
 
 MLflow's own asynchronous logging (``log_batch(synchronous=False)``, MLflow 3) drops a batch
-that fails: it logs an error and never retries (``tests/test_tracking_sync.py`` pins this to
-the installed version). So every event is also appended here, one JSON line each, flushed as
+that fails: it logs an error and never retries (tests/integration/test_tracking_sync.py pins
+this to the installed version). So every event is also appended here, one JSON line each, flushed as
 it happens; files the server did not take wait in ``mlflow-pending/`` beside the journal::
 
     {"run_id": null, "experiment": "e", "run_name": "resnet20", "params": {...}, "tags": {...}}

@@ -19,7 +19,7 @@ from resnet_mlops.params.base import to_dict
 from resnet_mlops.params.train import TrainParams
 
 # The train stage's code deps, relative to the package: mirrors the src/ entries of the train
-# stage's `deps` in dvc.yaml (tests/test_train_resume.py checks that they agree). Code DVC does
+# stage's `deps` in dvc.yaml (tests/integration/test_train_resume.py checks it). Code DVC does
 # not rerun the stage for (the report, the registry, the CLI) does not void a checkpoint either.
 # Not read from dvc.yaml at run time: the installed package has no dvc.yaml.
 TRAIN_CODE = (
