@@ -1,0 +1,1 @@
+"""The engine: the device and autocast, evaluation metrics, the model file and the checkpoint."""
