@@ -242,7 +242,7 @@ def test_a_run_killed_before_its_first_checkpoint_is_ended_by_the_next_training(
     Training checkpoints right after it opens the run, so that window is milliseconds wide: the
     test kills a real training later and removes its checkpoint, which leaves what a kill in
     the window leaves (a RUNNING run that no checkpoint names)."""
-    from mlflow_server import start_mlflow_server
+    from tests.support.mlflow_server import start_mlflow_server
 
     server = start_mlflow_server(tmp_path / "mlflow")
     try:
