@@ -47,7 +47,7 @@ from resnet_mlops.models import build_model  # noqa: E402
 from resnet_mlops.params.base import load_sections  # noqa: E402
 from resnet_mlops.params.train import TrainParams  # noqa: E402
 from resnet_mlops.stages.train import data_version  # noqa: E402
-from resnet_mlops.train.loop import Interrupted, TrainPaths, train  # noqa: E402
+from resnet_mlops.train.loop import Interrupted, TrainJob, TrainPaths, train  # noqa: E402
 
 PARAMS = Path("params.yaml")
 RECIPE = ["dataset=cifar10", "preprocess.cifar10.val_size=0"]  # studies.yaml's cifar10 recipe
@@ -129,16 +129,16 @@ def child(args: argparse.Namespace) -> int:
     }
     started = time.perf_counter()
     try:
-        train(
+        job = TrainJob(
             dataset,
             sections["train"],
             sections["loader"],
             Path(args.data),
             paths,
-            resume=paths.checkpoint.exists(),
-            provenance=provenance,
             config=tree,
+            provenance=provenance,
         )
+        train(job, resume=paths.checkpoint.exists())
     except Interrupted as stopped:
         print(f"{args.model}: {stopped}", flush=True)
     (run / "wall.json").write_text(json.dumps({"seconds": time.perf_counter() - started}))

@@ -235,7 +235,7 @@ def cifar_recipe(
     """
     from resnet_mlops.params.train import TrainParams
     from resnet_mlops.stages.train import data_version
-    from resnet_mlops.train.loop import Interrupted, TrainPaths, train
+    from resnet_mlops.train.loop import Interrupted, TrainJob, TrainPaths, train
 
     started = time.perf_counter()
     data = prepare_cifar10(archive, work / "cifar10")
@@ -281,16 +281,16 @@ def cifar_recipe(
         for name in ("model.pt", "metrics.json", "history.json"):
             (run / name).unlink()  # a finished run of an earlier call: this step's own output
     try:
-        result = train(
+        job = TrainJob(
             dataset,
             sections["train"],
             sections["loader"],
             data,
             paths,
-            resume=resumed,
-            provenance=provenance,
             config=tree,
+            provenance=provenance,
         )
+        result = train(job, resume=resumed)
         history = result.history
     except Interrupted as error:
         stopped = str(error)
