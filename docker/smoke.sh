@@ -184,8 +184,13 @@ else
     touch "$WHEELS/.complete-$stamp"
     echo "downloaded to $WHEELS ($(du -sh "$WHEELS" | cut -f1))"
 fi
-# The builds reach it on the host's loopback (they run with --network host).
-WHEEL_PORT=$(free_port)
+# The builds reach it on the host's loopback (they run with --network host), on a fixed port
+# when it is free: the URL is a build argument, and a new one misses every pip layer's cache.
+WHEEL_PORT=${SMOKE_WHEEL_PORT:-41137}
+if ! "$PYTHON" -c 'import socket, sys; socket.socket().bind(("127.0.0.1", int(sys.argv[1])))' "$WHEEL_PORT" 2>/dev/null; then
+    WHEEL_PORT=$(free_port)
+    echo "port ${SMOKE_WHEEL_PORT:-41137} is taken: the wheelhouse on $WHEEL_PORT (no layer cache for pip steps)"
+fi
 "$PYTHON" -m http.server --bind 127.0.0.1 --directory "$WHEELS" "$WHEEL_PORT" >"$TMP/wheel-server.log" 2>&1 &
 SERVER_PID=$!
 FIND_LINKS=http://127.0.0.1:$WHEEL_PORT/
