@@ -367,7 +367,7 @@ import json
 import os
 import sys
 
-import boto3
+import s3fs  # dvc-s3's S3 client; the image has no boto3
 from mlflow import MlflowClient
 
 client = MlflowClient()  # MLFLOW_TRACKING_URI: the stack's server
@@ -388,12 +388,8 @@ if not versions or versions[0].run_id != run.info.run_id:
     sys.exit("no model version from the run in the registry")
 if str(register.get("version")) != str(versions[0].version):
     sys.exit(f"metrics/register.json names version {register.get('version')}")
-s3 = boto3.client("s3", endpoint_url="http://minio:9000", region_name="us-east-1")
-keys = [
-    o["Key"]
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket="mlflow")
-    for o in page.get("Contents", [])
-]
+s3 = s3fs.S3FileSystem(client_kwargs={"endpoint_url": "http://minio:9000"})
+keys = s3.find("mlflow")
 mine = [k for k in keys if run.info.run_id in k]
 print(f"bucket mlflow: {len(keys)} objects, {len(mine)} of the run, e.g. {sorted(mine)[:3]}")
 if not mine:
@@ -411,18 +407,14 @@ tail -1 "$TMP/dvc-push.log"
 dc exec -T "${S3_ENV[@]}" prefect-worker python - <<'EOF'
 import sys
 
-import boto3
+import s3fs
 import yaml
 
-s3 = boto3.client("s3", endpoint_url="http://minio:9000", region_name="us-east-1")
-keys = {
-    o["Key"]
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket="resnet-mlops", Prefix="dvc/")
-    for o in page.get("Contents", [])
-}
+s3 = s3fs.S3FileSystem(client_kwargs={"endpoint_url": "http://minio:9000"})
+keys = set(s3.find("resnet-mlops/dvc"))
 lock = yaml.safe_load(open("dvc.lock"))
 model = next(o for o in lock["stages"]["train"]["outs"] if o["path"] == "models/model.pt")
-key = f"dvc/files/md5/{model['md5'][:2]}/{model['md5'][2:]}"
+key = f"resnet-mlops/dvc/files/md5/{model['md5'][:2]}/{model['md5'][2:]}"
 print(f"bucket resnet-mlops: {len(keys)} DVC objects; models/model.pt there: {key in keys}")
 if key not in keys:
     sys.exit("models/model.pt is not in the DVC remote")
