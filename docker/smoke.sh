@@ -178,7 +178,8 @@ if [[ -f $WHEELS/.complete-$stamp ]]; then
     echo "reused $WHEELS ($(du -sh "$WHEELS" | cut -f1))"
 else
     mkdir -p "$WHEELS"
-    logged pip-cpu "$PYTHON" -m pip download --dest "$WHEELS" "$REPO" "${REQS_CPU[@]}"
+    # The k8s extra: the GPU image installs it (SMOKE_GPU_IMAGE=1).
+    logged pip-cpu "$PYTHON" -m pip download --dest "$WHEELS" "$REPO[k8s]" "${REQS_CPU[@]}"
     logged pip-mlflow "$PYTHON" -m pip download --dest "$WHEELS" "${REQS_MLFLOW[@]}"
     logged pip-moto "$PYTHON" -m pip download --dest "$WHEELS" "${REQS_MOTO[@]}"
     touch "$WHEELS/.complete-$stamp"

@@ -23,8 +23,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO
-from mlflow_server import free_port
+
+from tests.support.mlflow_server import free_port
+from tests.support.project import REPO
 
 DOCKER = REPO / "docker"
 COMPOSE = DOCKER / "compose.yaml"
