@@ -221,6 +221,12 @@ def test_the_images_are_the_ones_the_stack_builds() -> None:
     assert re.search(r"ARG CUDA_IMAGE=nvidia/cuda:13\.", gpu)
     assert "download.pytorch.org/whl/cu130" in gpu and "nvidia-dali-cuda130" in gpu
     assert "download.pytorch.org/whl/cpu" in (DOCKER / "Dockerfile.cpu").read_text()
+    for name in ("Dockerfile", "Dockerfile.cpu"):
+        text = (DOCKER / name).read_text()
+        # The flows' `dvc exp save` is a git commit: it fails in an image without an identity.
+        assert "git config --system user.email" in text, name
+        # Client releases of the stack's servers, whatever the newest on PyPI.
+        assert "mlflow==3.17.2 prefect==3.9.1" in text, name
 
 
 def _example_secrets() -> dict[str, str]:
