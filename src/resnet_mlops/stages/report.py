@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mlflow.exceptions import MlflowException
+
 from resnet_mlops.io import check_output_file, write_json_atomic
 from resnet_mlops.params import load_params
-from resnet_mlops.report import Report, build_report
+from resnet_mlops.report import Report, ReportError, build_report
 from resnet_mlops.report.build import summary_metrics
 from resnet_mlops.tracking import tracking_uri
+from resnet_mlops.tracking.connection import describe, short_http_limits
 
 
 def run_report(
@@ -35,14 +38,20 @@ def run_report(
         if experiment == "auto":
             experiment = params.train.experiment
     default_data = Path("data/preprocessed/cifar10")
-    report = build_report(
-        tracking_uri(Path.cwd()),
-        out,
-        experiment=experiment,
-        grid=grid if grid is not None else settings.grid or None,
-        data_dir=data or (default_data if default_data.exists() else None),
-        response_images=settings.response_images,
-    )
+    # A server that is down: one error now, not minutes of MLflow's retries.
+    uri = tracking_uri(Path.cwd())
+    try:
+        with short_http_limits():
+            report = build_report(
+                uri,
+                out,
+                experiment=experiment,
+                grid=grid if grid is not None else settings.grid or None,
+                data_dir=data or (default_data if default_data.exists() else None),
+                response_images=settings.response_images,
+            )
+    except MlflowException as error:
+        raise ReportError(f"MLflow tracking at {uri}: {describe(error)}") from None
     if metrics is not None:
         write_json_atomic(metrics, summary_metrics(report))
     return report
