@@ -9,7 +9,6 @@ import os
 import re
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -19,65 +18,10 @@ from mlflow import MlflowClient
 from resnet_mlops.engine.checkpoint import peek_checkpoint
 from resnet_mlops.params.base import apply_overrides, read_yaml
 from resnet_mlops.stages.train import run_training
-from tests.support.project import CIFAR_MIRROR, PARAMS, copy_project
+from tests.support.project import PARAMS, SHRINK, class_folders, copy_project, run
+from tests.support.project import SHRUNK_MODEL_NAME as NAME
 
 STAGES = ("params", "prepare", "preprocess", "train", "evaluate", "register", "report")
-NAME = "dvc-test-classifier"
-# The real params.yaml, shrunk: 200 training images, 30 iterations of batches of 32.
-SHRINK = [
-    "prepare.workers=1",
-    "preprocess.cifar10.val_size=50",
-    "preprocess.workers=1",
-    "loader.num_threads=1",
-    "train.batch_size=32",
-    "train.schedule.length=30",
-    "train.schedule.milestones=[20]",
-    "train.log_every=10",
-    "train.checkpoint_every=0",
-    "evaluate.batch_size=100",
-    f"register.name={NAME}",
-]
-GIT_IDENTITY = {
-    "GIT_AUTHOR_NAME": "test",
-    "GIT_AUTHOR_EMAIL": "test@example.com",
-    "GIT_COMMITTER_NAME": "test",
-    "GIT_COMMITTER_EMAIL": "test@example.com",
-}
-
-
-def class_folders(root: Path, per_class: dict[str, int]) -> Path:
-    """``root/<split>/<class>/<file>.jpg``: the first images of each class from the mirror."""
-    counts: dict[tuple[str, str], int] = {}
-    with tarfile.open(CIFAR_MIRROR) as archive:
-        for member in archive:
-            parts = member.name.split("/")
-            if not member.isfile() or len(parts) != 3 or parts[0] not in per_class:
-                continue
-            key = (parts[0], parts[1])
-            if counts.get(key, 0) < per_class[parts[0]]:
-                counts[key] = counts.get(key, 0) + 1
-                target = root / member.name
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(archive.extractfile(member).read())
-            if len(counts) == 10 * len(per_class) and all(
-                n == per_class[split] for (split, _), n in counts.items()
-            ):
-                break
-    return root
-
-
-def run(*command: str, cwd: Path) -> str:
-    """Run a command with this venv's tools first on PATH; its output, or a failed assertion."""
-    env = {
-        **os.environ,
-        **GIT_IDENTITY,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "DVC_NO_ANALYTICS": "1",
-    }
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, f"{' '.join(command)} failed:\n{output[-5000:]}"
-    return output
 
 
 def ran(output: str) -> list[str]:

@@ -32,8 +32,7 @@ import yaml
 from mlflow import MlflowClient
 
 from resnet_mlops.params.base import apply_overrides, read_yaml
-from tests.e2e.test_dvc_pipeline import GIT_IDENTITY, class_folders
-from tests.support.project import PARAMS, copy_project
+from tests.support.project import GIT_IDENTITY, PARAMS, class_folders, copy_project
 
 NAME = "fault-test-classifier"
 TARGET = "register"  # the report stage reads MLflow as a whole: not part of this comparison

@@ -37,9 +37,8 @@ from resnet_mlops.tracking.lineage import (
     stage_tag,
 )
 from resnet_mlops.train.resume import data_version
-from tests.e2e.test_dvc_pipeline import GIT_IDENTITY
 from tests.support.mlflow_server import start_mlflow_server
-from tests.support.project import PARAMS
+from tests.support.project import GIT_IDENTITY, PARAMS
 
 SMALL = [
     "train.batch_size=32",

@@ -35,10 +35,17 @@ from mlflow import MlflowClient
 from pipelines.dag import pipeline_stages
 from pipelines.workspace import WORKSPACES_ENV
 from resnet_mlops.params.base import apply_overrides, read_yaml
-from tests.e2e.test_dvc_pipeline import GIT_IDENTITY, SHRINK, class_folders
 from tests.support.kube_api import condition, kube_api
 from tests.support.mlflow_server import MlflowServer, free_port, start_mlflow_server
-from tests.support.project import PARAMS, PROJECT_FILES, REPO, copy_project
+from tests.support.project import (
+    GIT_IDENTITY,
+    PARAMS,
+    PROJECT_FILES,
+    REPO,
+    SHRINK,
+    class_folders,
+    copy_project,
+)
 
 pytestmark = pytest.mark.slow
 

@@ -27,10 +27,9 @@ import yaml
 from mlflow import MlflowClient
 
 from resnet_mlops.params.base import apply_overrides, read_yaml
-from tests.e2e.test_dvc_pipeline import SHRINK, class_folders, run
-from tests.e2e.test_mlflow_postgres import Postgres, postgres  # noqa: F401 (the fixture)
 from tests.support.mlflow_server import MlflowServer, free_port, start_mlflow_server
-from tests.support.project import PARAMS, copy_project
+from tests.support.postgres import Postgres
+from tests.support.project import PARAMS, SHRINK, class_folders, copy_project, run
 
 boto3 = pytest.importorskip("boto3", reason="pip install -e '.[dev]' (boto3, dvc-s3, moto)")
 
@@ -93,7 +92,7 @@ def _objects(endpoint: str, bucket: str, prefix: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def server(
-    postgres: Postgres,  # noqa: F811
+    postgres: Postgres,
     s3: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[MlflowServer]:

@@ -14,9 +14,8 @@ import pytest
 
 from resnet_mlops.data.prepare import prepare
 from resnet_mlops.errors import DataError
-from tests.integration.test_data_cifar10 import prepare_params
 from tests.support.archives import tar_folder, write_class_folders
-from tests.support.project import PARAMS
+from tests.support.project import PARAMS, prepare_params
 
 
 def run_prepare(tmp: Path, source: Path, *overrides: str) -> dict:
@@ -121,6 +120,7 @@ def test_tar_member_escaping_the_root_fails(tmp_path: Path, tree: Path) -> None:
     assert report["skipped"][0]["reason"] == "member '../evil.jpg' escapes the archive root"
 
 
+@pytest.mark.slow  # runs the console script (several seconds)
 def test_cli_reports_one_line_and_keeps_the_previous_output(tmp_path: Path, tree: Path) -> None:
     out = tmp_path / "out"
     command = [

@@ -15,21 +15,13 @@ import pytest
 
 from resnet_mlops.data import cifar10
 from resnet_mlops.data.cifar10 import CLASSES
-from resnet_mlops.data.prepare import PrepareParams, prepare
-from resnet_mlops.data.preprocess import PreprocessParams, preprocess
+from resnet_mlops.data.prepare import prepare
+from resnet_mlops.data.preprocess import preprocess
 from resnet_mlops.data.sources import MAX_DOWNLOAD_BYTES, download
 from resnet_mlops.errors import DataError
-from resnet_mlops.params.base import ConfigError, load_stage_params
+from resnet_mlops.params.base import ConfigError
 from tests.support.archives import official_cifar_archive, tar_folder, write_class_folders
-from tests.support.project import PARAMS, REPO
-
-
-def prepare_params(*overrides: str) -> PrepareParams:
-    return load_stage_params(PARAMS, "prepare", PrepareParams, list(overrides))[1]
-
-
-def preprocess_params(*overrides: str) -> PreprocessParams:
-    return load_stage_params(PARAMS, "preprocess", PreprocessParams, list(overrides))[1]
+from tests.support.project import PARAMS, REPO, prepare_params, preprocess_params
 
 
 def run_stages(tmp: Path, prepare_overrides=(), preprocess_overrides=()) -> tuple[Path, Path]:

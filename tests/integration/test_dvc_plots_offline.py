@@ -8,8 +8,7 @@ import re
 import shutil
 from pathlib import Path
 
-from tests.e2e.test_dvc_pipeline import run
-from tests.support.project import PARAMS, REPO, copy_project
+from tests.support.project import PARAMS, REPO, copy_project, run
 
 # Anything the browser would fetch from elsewhere: a script, stylesheet, image or frame source,
 # or a CSS import, pointing at a URL with a scheme or a protocol-relative one.

@@ -10,11 +10,9 @@ import json
 import os
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import tarfile
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -36,51 +34,12 @@ from resnet_mlops.registry.package import preprocessing_spec
 from resnet_mlops.registry.predict import read_images
 from resnet_mlops.stages.evaluate import EvalPaths, EvaluateParams, evaluate
 from resnet_mlops.train.trainer import eval_split
-from tests.integration.test_data_cifar10 import prepare_params, preprocess_params
 from tests.support.archives import write_class_folders
 from tests.support.data_fixtures import cifar_images, imagenet_jpegs, write_cifar10_dir
-from tests.support.project import PARAMS
+from tests.support.images import black_png
+from tests.support.project import PARAMS, prepare_params, preprocess_params
 
 GIB = 2**30
-
-
-# --- helpers: a real PNG of any size in a few hundred KB, a 1 GiB tar member in no disk ------
-
-
-def _png_chunk(kind: bytes, payload: bytes) -> bytes:
-    crc = zlib.crc32(kind + payload)
-    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
-
-
-def _zlib_of_zeros(count: int, block: int = 1 << 24) -> bytes:
-    """A zlib stream of ``count`` zero bytes, without compressing them all: a block flushed to a
-    byte boundary compresses the same every time, so it is compressed once and repeated."""
-    zero = bytes(block)
-    once = zlib.compressobj(9, zlib.DEFLATED, -15)
-    piece = once.compress(zero) + once.flush(zlib.Z_FULL_FLUSH)
-    full, rest = divmod(count, block)
-    adler = 1
-    for _ in range(full):
-        adler = zlib.adler32(zero, adler)
-    tail = zlib.compressobj(9, zlib.DEFLATED, -15)
-    end = tail.compress(bytes(rest)) + tail.flush()
-    adler = zlib.adler32(bytes(rest), adler)
-    return b"\x78\xda" + piece * full + end + struct.pack(">I", adler)
-
-
-def black_png(width: int, height: int) -> bytes:
-    """A valid 8-bit grayscale PNG of ``width`` x ``height`` black pixels (30000x30000: 0.9 MB
-    on disk, 0.84 GiB decoded, 2.5 GiB as RGB)."""
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    pixels = _zlib_of_zeros((1 + width) * height)  # each row: filter byte 0, then zeros
-    return b"".join(
-        (
-            b"\x89PNG\r\n\x1a\n",
-            _png_chunk(b"IHDR", header),
-            _png_chunk(b"IDAT", pixels),
-            _png_chunk(b"IEND", b""),
-        )
-    )
 
 
 @pytest.fixture(scope="module")

@@ -32,9 +32,8 @@ from resnet_mlops.io import (
     check_output_file,
     write_json_atomic,
 )
-from tests.integration.test_data_cifar10 import prepare_params, preprocess_params
 from tests.support.archives import write_class_folders
-from tests.support.project import PARAMS, REPO
+from tests.support.project import PARAMS, REPO, prepare_params, preprocess_params
 from tests.support.small_disk import fill, remount_read_only, small_tmpfs
 
 

@@ -477,7 +477,7 @@ def test_mlflow_models_serve_answers_invocations_with_an_image(
                     assert list(row.values()) == expected, body
         # A 30000x30000 PNG (0.9 MB) is refused from its header, the row named, not decoded:
         # the answer is that one line, no stack trace.
-        from tests.integration.test_hostile_inputs import black_png
+        from tests.support.images import black_png
 
         bomb = base64.b64encode(black_png(30_000, 30_000)).decode()
         body = {"dataframe_split": {"columns": ["image"], "data": [[image], [bomb]]}}

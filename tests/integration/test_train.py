@@ -227,6 +227,7 @@ def test_bad_model_and_param_type_are_one_line_errors(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.slow  # runs the console script (several seconds)
 def test_bad_run_tags_are_a_one_line_error_and_keep_the_checkpoint(tmp_path: Path) -> None:
     """A bad RESNET_RUN_TAGS stops `resnet train` before a fresh start voids the checkpoint."""
     models = tmp_path / "models"
@@ -251,6 +252,7 @@ def _errors(stderr: str) -> list[str]:
     return [line for line in stderr.strip().splitlines() if not line.startswith("WARNING: ")]
 
 
+@pytest.mark.slow  # runs the console script (several seconds)
 def test_resume_problems_are_one_line_errors_and_overwrite_nothing(
     tmp_path: Path, small_cifar: Path
 ) -> None:

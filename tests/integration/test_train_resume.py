@@ -117,6 +117,7 @@ def test_the_output_lock_admits_one_writer_and_dies_with_it(tmp_path: Path) -> N
         assert lock.read_text().strip() == str(os.getpid())
 
 
+@pytest.mark.slow  # runs the console script (several seconds)
 def test_a_second_resnet_train_on_a_locked_folder_is_a_one_line_error(tmp_path: Path) -> None:
     models = tmp_path / "models"
     models.mkdir()

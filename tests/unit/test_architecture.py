@@ -53,3 +53,17 @@ def test_a_module_no_stage_imports_reruns_nothing() -> None:
     # The model zoo's table and the registry's pull serve the CLI only.
     for module in ("models/zoo.py", "registry/pull.py", "cli/__init__.py"):
         assert Path("src/resnet_mlops") / module not in runs
+
+
+def test_test_tiers_share_helpers_through_tests_support_only() -> None:
+    # A test module imported by another drags its fixtures and its tier's cost along; shared
+    # helpers live in tests/support.
+    tests = REPO / "tests"
+    imports = [
+        f"{path.relative_to(REPO)}:{number}: {line.strip()}"
+        for path in sorted(tests.rglob("test_*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), start=1)
+        if line.lstrip().startswith(("from tests.", "import tests."))
+        and not line.lstrip().startswith(("from tests.support", "import tests.support"))
+    ]
+    assert imports == []

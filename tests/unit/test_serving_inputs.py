@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 
 from resnet_mlops.cli import app
 from resnet_mlops.registry import classifier_model, package
-from tests.integration.test_hostile_inputs import black_png
+from tests.support.images import black_png
 
 CLASSES = ["a", "b", "c"]
 
