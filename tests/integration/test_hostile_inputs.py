@@ -28,10 +28,10 @@ from resnet_mlops.engine.artifact import model_kwargs, save_model
 from resnet_mlops.errors import DataError
 from resnet_mlops.models import build_model
 from resnet_mlops.params.base import ConfigError, load_stage_params
-from resnet_mlops.registry.classifier_model import ImageClassifier, ImageScorer
 from resnet_mlops.registry.connection import RegistryError
-from resnet_mlops.registry.package import preprocessing_spec
 from resnet_mlops.registry.predict import read_images
+from resnet_mlops.serving.classifier_model import ImageClassifier, ImageScorer
+from resnet_mlops.serving.package import preprocessing_spec
 from resnet_mlops.stages.evaluate import EvalPaths, EvaluateParams, evaluate
 from resnet_mlops.train.trainer import eval_split
 from tests.support.archives import write_class_folders

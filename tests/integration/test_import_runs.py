@@ -15,11 +15,13 @@ from mlflow import MlflowClient
 
 from resnet_mlops.data.loaders import LoaderParams
 from resnet_mlops.engine.artifact import model_kwargs, save_model
+from resnet_mlops.io import sha256_file
 from resnet_mlops.models import build_model
 from resnet_mlops.params.base import load_sections
 from resnet_mlops.params.train import TrainParams
 from resnet_mlops.report.runs import find_runs
 from resnet_mlops.train.loop import TrainJob, TrainPaths, train
+from tests.support.model_file import run_classifiers
 from tests.support.project import PARAMS
 
 SMALL = [
@@ -65,8 +67,9 @@ def test_a_run_trained_without_mlflow_imports_as_a_run_of_a_grid(
     assert imported.data.params["train.model"] == "resnet20"
     curve = client.get_metric_history(imported.info.run_id, "val_error")
     assert [m.step for m in curve] == list(range(1, len(records[0].curves["val_error"]) + 1))
-    logged = client.search_logged_models([imported.info.experiment_id])
-    assert any(m.source_run_id == imported.info.run_id for m in logged)
+    (logged,) = run_classifiers(client, imported.info.run_id)  # one model: the classifier
+    assert logged.name == "classifier"
+    assert logged.tags["model.sha256"] == sha256_file(run / "model.pt")
 
     # A run that finished in a later lease joins the same parent, not a second one.
     later = tmp_path / "resnet20-later"

@@ -31,18 +31,19 @@ from PIL import Image
 from resnet_mlops.engine.artifact import load_model
 from resnet_mlops.io import describe_outputs
 from resnet_mlops.registry.champion import Standing, decide
-from resnet_mlops.registry.classifier_model import ImageScorer, decode_image, resize_and_crop
 from resnet_mlops.registry.connection import (
     ModelRef,
     RegistryError,
     parse_model_uri,
 )
-from resnet_mlops.registry.package import preprocessing_spec
 from resnet_mlops.registry.register import RegisterParams, RegisterPaths, register
 from resnet_mlops.registry.scoring import split_version, top1_error
+from resnet_mlops.serving.classifier_model import ImageScorer, decode_image, resize_and_crop
+from resnet_mlops.serving.package import preprocessing_spec
 from resnet_mlops.tracking import default_tracking_uri
 from resnet_mlops.tracking.connection import project_root
 from tests.support.mlflow_server import MlflowServer, free_port, start_mlflow_server
+from tests.support.model_file import run_classifiers, write_model_file
 from tests.support.project import CIFAR_MIRROR, PARAMS
 
 NAME = "test-classifier"
@@ -289,6 +290,36 @@ def test_champion_rule_both_ways_with_aliases_tags_and_the_decision_logged(
     assert "registry_champion_test_error" in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "registry")}
     assert artifacts == {f"registry/register-{n}.json" for n in (1, 2, 3, 4)}
+
+
+@pytest.mark.slow
+def test_register_registers_the_model_the_training_logged(
+    server: MlflowServer, trained: dict[str, Path], registered: dict
+) -> None:
+    """One logged model per run: four registrations of the trained model.pt are versions of
+    the classifier the training logged, and none exported the network again."""
+    client = MlflowClient(server.uri)
+    _, meta = load_model(trained["model"])
+    (logged,) = run_classifiers(client, meta["provenance"]["mlflow_run_id"])
+    versions = client.search_model_versions(f"name = '{NAME}'")
+    assert len(versions) == 4 and {v.source for v in versions} == {logged.model_uri}
+
+
+@pytest.mark.slow
+def test_register_logs_the_model_of_a_run_that_has_none(
+    server: MlflowServer, trained: dict[str, Path], small_cifar: Path, tmp_path: Path
+) -> None:
+    """A model.pt trained without tracking: register logs its classifier, once, to a run
+    of its own."""
+    name = "untracked-classifier"
+    model_file = write_model_file(tmp_path / "model.pt")
+    paths = RegisterPaths(model_file, trained["evaluation"], small_cifar, tmp_path / "r.json")
+    decision = register("cifar10", RegisterParams(name=name, margin=0.0), paths, server.uri)
+    client = MlflowClient(server.uri)
+    version = client.get_model_version(name, decision.challenger.version)
+    (logged,) = run_classifiers(client, version.run_id)
+    assert version.source == logged.model_uri
+    assert client.get_run(version.run_id).info.run_name == "register resnet20"
 
 
 @pytest.mark.slow

@@ -22,6 +22,7 @@ from resnet_mlops.params.train import OptimizerParams, ScheduleParams, TrainPara
 from resnet_mlops.stages.evaluate import EvalPaths, run_evaluation
 from resnet_mlops.stages.train import run_training
 from resnet_mlops.train.schedule import learning_rate, warmup_iterations
+from tests.support.model_file import assert_logged_classifier
 from tests.support.project import PARAMS
 
 # The real params.yaml, shrunk: a few dozen iterations of ResNet-20 on the small data.
@@ -112,14 +113,9 @@ def test_train_then_evaluate_writes_self_describing_outputs(tmp_path: Path, smal
     assert val_errors[-1].value == pytest.approx(history[-1]["val_error"])
     artifacts = {a.path for a in MlflowClient().list_artifacts(run.info.run_id, "plots")}
     assert "plots/training_curves.png" in artifacts
-    (logged_model,) = [
-        m
-        for m in MlflowClient().search_logged_models([run.info.experiment_id])
-        if m.source_run_id == run.info.run_id
-    ]
-    logged = mlflow.pytorch.load_model(logged_model.model_uri)
-    example = torch.randn(3, 3, 32, 32)
-    torch.testing.assert_close(logged(example), model(example), rtol=1e-4, atol=1e-4)
+    # Its one logged model: the classifier, holding this model.pt.
+    model_file = tmp_path / "models" / "model.pt"
+    assert_logged_classifier(mlflow.get_tracking_uri(), run.info.run_id, model_file)
 
     paths = EvalPaths(tmp_path / "eval.json", tmp_path / "confusion.csv", tmp_path / "cm.png")
     metrics = run_evaluation(PARAMS, [], tmp_path / "models" / "model.pt", small_cifar, paths)

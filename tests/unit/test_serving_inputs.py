@@ -24,7 +24,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from resnet_mlops.cli import app
-from resnet_mlops.registry import classifier_model, package
+from resnet_mlops.serving import classifier_model, package
 from tests.support.images import black_png
 
 CLASSES = ["a", "b", "c"]

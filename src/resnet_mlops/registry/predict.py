@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from resnet_mlops.registry.classifier_model import INPUT_COLUMN, ImageScorer, decode_image
 from resnet_mlops.registry.connection import RegistryError, parse_model_uri, reaching, resolve
+from resnet_mlops.serving.classifier_model import INPUT_COLUMN, ImageScorer, decode_image
 
 # Encoded images in, (probabilities (N, classes), class names) out.
 Predictor = Callable[[Sequence[bytes]], tuple[np.ndarray, list[str]]]
@@ -57,7 +57,7 @@ def _pyfunc_predictor(uri: str) -> Predictor:
 
 def _model_file_predictor(path: Path) -> Predictor:
     from resnet_mlops.engine.artifact import load_model
-    from resnet_mlops.registry.package import preprocessing_spec
+    from resnet_mlops.serving.package import preprocessing_spec
 
     network, meta = load_model(path)
     scorer = ImageScorer(network, preprocessing_spec(meta["preprocessing"]))

@@ -16,7 +16,7 @@ from mlflow.exceptions import MlflowException
 
 from resnet_mlops.io import OUTPUT_ERRNOS, atomic_directory, check_output_folder
 from resnet_mlops.registry.connection import ModelRef, reaching, resolve
-from resnet_mlops.registry.package import OUTPUT_DESCRIPTION, PREPROCESSING_FILE
+from resnet_mlops.serving.package import OUTPUT_DESCRIPTION, PREPROCESSING_FILE
 
 CARD_FILE = "MODEL_CARD.md"
 

@@ -2,8 +2,10 @@
 
 The new version gets the alias ``challenger``; ``champion`` moves to it only if its test error
 beats the champion's by more than ``register.margin`` points on the same test data (see
-:mod:`~resnet_mlops.registry.champion`). The pyfunc is logged to the model's training run, which
-also receives the decision; ``metrics/register.json`` records it for DVC.
+:mod:`~resnet_mlops.registry.champion`). The version is the classifier the training run logged
+(found by the sha256 of ``model.pt``); only a run without it (tracking was off or offline, or
+the file came from elsewhere) gets it logged here. The run also receives the decision;
+``metrics/register.json`` records it for DVC.
 """
 
 from __future__ import annotations
@@ -37,8 +39,13 @@ from resnet_mlops.registry.champion import (
     rescore,
 )
 from resnet_mlops.registry.connection import CHALLENGER, CHAMPION, RegistryError, reaching
-from resnet_mlops.registry.package import INPUT_DESCRIPTION, log_classifier, write_model_files
 from resnet_mlops.registry.scoring import split_version
+from resnet_mlops.serving.package import (
+    INPUT_DESCRIPTION,
+    MODEL_SHA256_TAG,
+    model_summary,
+    write_model_files,
+)
 from resnet_mlops.tracking import DATA_VERSION_TAG
 from resnet_mlops.tracking.connection import global_tracking_uri
 from resnet_mlops.tracking.git import GIT_DIRTY_TAG
@@ -50,11 +57,11 @@ from resnet_mlops.tracking.lineage import (
     lock_tags,
     model_version_description,
 )
+from resnet_mlops.tracking.model import log_classifier, logged_classifier
 from resnet_mlops.tracking.runs import experiment_id
 
 log = logging.getLogger(__name__)
 
-MODEL_SHA256_TAG = "model.sha256"  # of models/model.pt: the same file is registered once
 DECISION_TAG = "registry.decision.json"  # the champion decision, as metrics/register.json has it
 
 
@@ -162,12 +169,6 @@ def version_tags(
         if key.startswith("test_") or key == "samples":
             tags[key] = str(value)
     return tags
-
-
-def _summary(tags: dict[str, str]) -> dict[str, str]:
-    """The provenance the MLmodel file carries, for a pulled model away from the registry."""
-    keys = ("dataset", "model", DATA_VERSION_TAG, TEST_VERSION_TAG, "git.commit", ERROR_TAG)
-    return {key: tags[key] for key in keys if key in tags}
 
 
 def _registered_already(
@@ -309,7 +310,7 @@ def register(dataset: str, params: RegisterParams, paths: RegisterPaths, uri: st
         OutputError: ``paths.out`` is a file ``resnet register`` did not write.
     """
     check_output_file(paths.out, "register --out")
-    model, meta = load_model(paths.model)
+    _, meta = load_model(paths.model)
     evaluation = read_evaluation(paths.evaluation, meta["model"])
     split = str(evaluation["split"])
     test_version = split_version(paths.data, dataset, split)
@@ -327,9 +328,12 @@ def register(dataset: str, params: RegisterParams, paths: RegisterPaths, uri: st
         with _model_run(client, meta, uri, existing.run_id if existing else None) as run_id:
             lineage[RUN_ID_TAG] = run_id  # the run the version was logged from
             if existing is None:
-                files = write_model_files(model, meta, paths.model, Path(tmp))
-                info = log_classifier(files, metadata={"resnet_mlops": _summary(tags)})
-                version = mlflow.register_model(info.model_uri, name, tags={**tags, **lineage})
+                sha256 = tags[MODEL_SHA256_TAG]
+                model_uri = logged_classifier(client, run_id, sha256)
+                if model_uri is None:  # untracked, not synced yet, or a model.pt from elsewhere
+                    write_model_files(load_model(paths.model)[0], meta, paths.model, Path(tmp))
+                    model_uri = log_classifier(Path(tmp), uri, run_id, model_summary(meta, sha256))
+                version = mlflow.register_model(model_uri, name, tags={**tags, **lineage})
                 number = str(version.version)
             else:
                 number = str(existing.version)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from resnet_mlops.errors import DataError
-from resnet_mlops.registry.classifier_model import ImageScorer, decode_image
+from resnet_mlops.serving.classifier_model import ImageScorer, decode_image
 
 CHUNK = 512
 

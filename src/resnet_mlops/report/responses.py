@@ -7,8 +7,10 @@ and before other nonlinearity (ReLU/addition)". Forward hooks on the BN that fol
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
+import mlflow.artifacts
 import mlflow.pytorch
 import numpy as np
 import torch
@@ -16,24 +18,30 @@ from mlflow import MlflowClient
 from torch import nn
 
 from resnet_mlops.data.loaders.cifar_arrays import load_cifar_split, normalization
-from resnet_mlops.engine.artifact import model_kwargs
+from resnet_mlops.engine.artifact import load_model, model_kwargs
 from resnet_mlops.models import ResNet, build_model
 from resnet_mlops.report.runs import RunRecord
+from resnet_mlops.serving.package import ARTIFACT_NAME, MODEL_FILE
 from resnet_mlops.tracking.connection import global_tracking_uri
 
 
 def load_run_model(client: MlflowClient, run: RunRecord, tracking_uri: str) -> ResNet | None:
     """Rebuild the model a run logged to MLflow, or None when it logged none.
 
-    MLflow stores it as a ``torch.export`` program, on which module hooks do not fire; its
-    weights go back into the project's own module, rebuilt from the run's params.
+    Module hooks do not fire on a ``torch.export`` program, so the project's own module is
+    rebuilt: from the ``model.pt`` inside the run's classifier, or, for a run logged before
+    the classifier was the run's model, from the weights of its ``pytorch`` flavour model.
     """
     logged = [
         m for m in client.search_logged_models([run.experiment_id]) if m.source_run_id == run.run_id
     ]
     if not logged:
         return None
-    with global_tracking_uri(tracking_uri):
+    classifier = next((m for m in logged if m.name == ARTIFACT_NAME), None)
+    with global_tracking_uri(tracking_uri), tempfile.TemporaryDirectory() as tmp:
+        if classifier is not None:
+            uri = f"{classifier.artifact_location}/artifacts/{MODEL_FILE}"  # its artifacts/
+            return load_model(Path(mlflow.artifacts.download_artifacts(uri, dst_path=tmp)))[0]
         loaded = mlflow.pytorch.load_model(logged[-1].model_uri, map_location="cpu")
     state = loaded.state_dict()
     kwargs = model_kwargs(

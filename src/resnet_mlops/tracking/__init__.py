@@ -4,7 +4,7 @@
                     history_path=out / "mlflow-history.jsonl") as tracker:
         run_id = tracker.start(config, git_tags(root), data_version=data_md5)
         tracker.log_metrics({"train_loss": loss}, step)
-        tracker.log_model(model, example_batch)
+        tracker.log_model(out / "model.pt")  # the run's one model: the pyfunc classifier
 
 What the server did not get stays in the journal and ``mlflow-pending/``; ``resnet sync``
 (:func:`replay_history`) sends it later.

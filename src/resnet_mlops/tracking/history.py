@@ -74,7 +74,7 @@ class RunStart:
 @dataclasses.dataclass(frozen=True)
 class Upload:
     """A folder under ``mlflow-pending/`` (relative to the journal) mirroring the run's artifact
-    tree, or with ``model`` set a model saved by ``mlflow.pytorch.save_model``."""
+    tree, or with ``model`` set the classifier's files (``options``: its ``metadata``)."""
 
     folder: str
     model: str | None = None
@@ -160,7 +160,7 @@ def replay_history(
     """
     import mlflow
 
-    from resnet_mlops.tracking.model import log_saved_model
+    from resnet_mlops.tracking.model import log_classifier
 
     records = read_journal(history_file)  # before a client: it may create a store
     pending = (history_file.parent / PENDING_DIR).resolve()
@@ -199,7 +199,7 @@ def replay_history(
             continue  # sent already: a folder is removed only after it reached the server
         target = run_id or record.run_id
         if record.model is not None:  # type: ignore[union-attr]
-            log_saved_model(folder, uri, target, record.model, **record.options)  # type: ignore[union-attr]
+            log_classifier(folder, uri, target, **record.options)  # type: ignore[union-attr, arg-type]
             models += 1
         else:
             client.log_artifacts(target, str(folder))

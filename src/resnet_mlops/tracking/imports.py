@@ -12,7 +12,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from mlflow import MlflowClient
 
 from resnet_mlops.engine.artifact import load_model
@@ -25,8 +24,8 @@ from resnet_mlops.train.curves import plot_training_curves
 IMPORTED_TAG = "imported_from"
 
 
-def _read_run(run_dir: Path) -> tuple[Path, list[dict[str, float]], Any, dict[str, Any], str]:
-    """The folder, its history, model, model metadata and experiment, checked before sending."""
+def _read_run(run_dir: Path) -> tuple[Path, list[dict[str, float]], dict[str, Any], str]:
+    """The folder, its history, model metadata and experiment, checked before sending."""
     path = Path(run_dir) / "history.json"
     try:
         history = json.loads(path.read_text())
@@ -44,15 +43,15 @@ def _read_run(run_dir: Path) -> tuple[Path, list[dict[str, float]], Any, dict[st
         raise CheckpointError(
             f"{path.parent}: the run did not finish (a checkpoint, no model.pt); resume it first"
         )
-    model, meta = load_model(path.parent / "model.pt")
+    _, meta = load_model(path.parent / "model.pt")
     config = meta.get("config") or {}
     meta["dataset"] = config.get("dataset", meta["preprocessing"].get("dataset", "?"))
     experiment = config.get("train", {}).get("experiment", f"resnet-{meta['dataset']}")
-    return path.parent, history, model, meta, experiment
+    return path.parent, history, meta, experiment
 
 
 def _log_run(run: tuple, tracking_uri: str, grid: str | None, parent_run_id: str | None) -> str:
-    folder, history, model, meta, experiment = run
+    folder, history, meta, experiment = run
     provenance = meta.get("provenance") or {}
     skip = ("data_version", "mlflow_run_id")
     tags = {k: str(v) for k, v in provenance.items() if v is not None and k not in skip}
@@ -78,9 +77,7 @@ def _log_run(run: tuple, tracking_uri: str, grid: str | None, parent_run_id: str
             plot_training_curves(history, curves, f"{name} on {dataset}")
             tracker.log_artifact(curves, "plots")
             tracker.log_artifact(folder / "history.json", "plots")
-            size = meta["preprocessing"].get("input_size", 32)
-            example = np.random.default_rng(0).standard_normal((2, 3, size, size), np.float32)
-            tracker.log_model(model, example)
+            tracker.log_model(folder / "model.pt")
     assert run_id is not None  # required=True: start() raised otherwise
     return run_id
 
@@ -108,7 +105,7 @@ def import_grid(run_dirs: list[Path], *, tracking_uri: str, grid: str) -> list[s
     if not runs:
         return []
     client = MlflowClient(tracking_uri)
-    experiment = experiment_id(client, runs[0][4], tracking_uri)
+    experiment = experiment_id(client, runs[0][3], tracking_uri)
     query = f"tags.grid = '{grid}' and tags.`mlflow.runName` = 'grid {grid}'"
     order = ["attributes.start_time DESC"]
     parents = client.search_runs([experiment], query, order_by=order, max_results=1)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
 import shlex
 import shutil
+import tempfile
 import threading
 import time
 import uuid
@@ -15,17 +17,17 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from mlflow import MlflowClient
 from mlflow.entities import Metric
-from torch import nn
 
-from resnet_mlops.io import OUTPUT_ERRNOS
+from resnet_mlops.engine.artifact import load_model
+from resnet_mlops.io import OUTPUT_ERRNOS, sha256_file
 from resnet_mlops.params.base import flatten
+from resnet_mlops.serving.package import ARTIFACT_NAME, model_summary, write_model_files
 from resnet_mlops.tracking import history as journal
 from resnet_mlops.tracking.connection import describe, is_permanent, short_http_limits
 from resnet_mlops.tracking.history import PENDING_DIR, MetricRecord, RunEnd, RunStart, Upload
-from resnet_mlops.tracking.model import log_pytorch_model, save_pytorch_model
+from resnet_mlops.tracking.model import log_classifier
 from resnet_mlops.tracking.runs import TrackingError, log_params_and_tags, open_run
 
 log = logging.getLogger(__name__)
@@ -193,34 +195,42 @@ class RunTracker:
         method = "log_artifacts" if path.is_dir() else "log_artifact"
         self._send(label, copy, lambda c: getattr(c, method)(self.run_id, str(path), artifact_path))
 
-    def log_model(
-        self, model: nn.Module, input_example: np.ndarray, *, name: str = "model", **kwargs: Any
-    ) -> str | None:
-        """Log the trained model once, after training (:func:`log_pytorch_model`); saved in
-        ``mlflow-pending/`` when the server does not take it. Returns its URI, or None.
+    def log_model(self, model_path: Path) -> str | None:
+        """Log the trained ``model.pt`` once, after training, as the run's only model: the
+        pyfunc classifier (:mod:`resnet_mlops.serving`), written to ``mlflow-pending/`` first
+        and kept there when the server does not take it. Returns its URI, or None.
 
         Raises:
             TrackingError: ``required`` and the server could not be reached.
         """
-        if not self._started():
+        if not self._started() or (self._client is None and self.history_path is None):
             return None
-        if self.active:
+        model, meta = load_model(model_path)
+        metadata = model_summary(meta, sha256_file(model_path))
+        label = f"model {ARTIFACT_NAME!r}"
+        with tempfile.TemporaryDirectory(prefix="resnet-model-") as tmp:
+            write = functools.partial(write_model_files, model, meta, model_path)
+            kept = self._keep(label, write, ARTIFACT_NAME, {"metadata": metadata})
+            folder = kept or Path(tmp)
+            if kept is None:
+                write(folder)
             try:
-                uri = self.tracking_uri
-                return log_pytorch_model(model, input_example, uri, self.run_id, name, **kwargs)  # type: ignore[arg-type]
+                if self.active:
+                    uri = log_classifier(folder, self.tracking_uri, self.run_id, metadata)  # type: ignore[arg-type]
+                    if kept is not None:
+                        shutil.rmtree(kept)
+                        with contextlib.suppress(OSError):  # the last one out
+                            kept.parent.rmdir()
+                    return uri
             except Exception as error:
                 if is_permanent(error):
                     raise
-                message = f"could not log model {name!r} to {self.tracking_uri}: "
+                message = f"could not log {label} to {self.tracking_uri}: "
                 if self.required:
                     raise TrackingError(message + describe(error)) from error
                 log.warning("%s%s", message, describe(error))
-        if self.history_path is not None:
-            folder = self.history_path.parent / PENDING_DIR / uuid.uuid4().hex
-            save_pytorch_model(model, input_example, folder)
-            relative = folder.relative_to(self.history_path.parent).as_posix()
-            journal.append(self.history_path, Upload(relative, name, kwargs, self.run_id))
-            self._kept.append(f"model {name!r}")
+        if kept is not None:
+            self._kept.append(label)
         return None
 
     def finish(self, status: str = "FINISHED") -> None:
@@ -266,28 +276,40 @@ class RunTracker:
         return True
 
     def _send(self, label: str, write: Callable[[Path], Any], upload: Callable[..., Any]) -> None:
-        """``upload(client)`` now; if the server does not take it, ``write`` the files into a
-        pending folder and journal it."""
+        """``upload(client)`` now; if the server does not take it, keep it (:meth:`_keep`)."""
         if self._client is not None:
             try:
                 upload(self._client)
                 return
             except Exception as error:
                 log.warning("could not upload %s to %s: %s", label, self.tracking_uri, error)
-        if self.history_path is not None:
-            pending = self.history_path.parent / PENDING_DIR
-            folder = pending / uuid.uuid4().hex
-            try:
-                folder.mkdir(parents=True)
-                write(folder)
-            except OSError as error:  # a full disk: name the folder, leave no half of it
-                shutil.rmtree(folder, ignore_errors=True)
-                if error.errno not in OUTPUT_ERRNOS:
-                    raise
-                raise OSError(error.errno, error.strerror, str(pending)) from error
-            relative = folder.relative_to(self.history_path.parent).as_posix()
-            journal.append(self.history_path, Upload(relative, None, {}, self.run_id))
+        if self._keep(label, write) is not None:
             self._kept.append(label)
+
+    def _keep(
+        self,
+        label: str,
+        write: Callable[[Path], Any],
+        model: str | None = None,
+        options: Mapping[str, Any] | None = None,
+    ) -> Path | None:
+        """``write`` the files into a new folder of ``mlflow-pending/`` and journal it, for
+        ``resnet sync``; the folder, or None without a journal."""
+        if self.history_path is None:
+            return None
+        pending = self.history_path.parent / PENDING_DIR
+        folder = pending / uuid.uuid4().hex
+        try:
+            folder.mkdir(parents=True)
+            write(folder)
+        except OSError as error:  # a full disk: name the folder, leave no half of it
+            shutil.rmtree(folder, ignore_errors=True)
+            if error.errno not in OUTPUT_ERRNOS:
+                raise
+            raise OSError(error.errno, error.strerror, str(pending)) from error
+        relative = folder.relative_to(self.history_path.parent).as_posix()
+        journal.append(self.history_path, Upload(relative, model, options or {}, self.run_id))
+        return folder
 
     def _flush(self) -> int:
         """Wait for MLflow's async batches, resend the values of failed ones; count unsent."""

@@ -36,6 +36,7 @@ TRAIN_CODE = (
     "data/loaders",
     "engine",
     "train",
+    "serving",
     "tracking/__init__.py",
     "tracking/connection.py",
     "tracking/env.py",

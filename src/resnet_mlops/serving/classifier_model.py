@@ -235,7 +235,7 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
 
 
 # MLflow runs this file under a module name of its own when it loads the model. The package
-# imports it as resnet_mlops.registry.classifier_model for the preprocessing alone, and must not
+# imports it as resnet_mlops.serving.classifier_model for the preprocessing alone, and must not
 # declare a model then.
 if not __name__.startswith("resnet_mlops."):
     mlflow.models.set_model(ImageClassifier())

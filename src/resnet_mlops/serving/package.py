@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 import PIL
@@ -30,11 +31,16 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 from PIL import Image
 
-from resnet_mlops.registry import classifier_model
-from resnet_mlops.registry.classifier_model import FORMAT, INPUT_COLUMN
+from resnet_mlops.serving import classifier_model
+from resnet_mlops.serving.classifier_model import FORMAT, INPUT_COLUMN
 
-ARTIFACT_NAME = "classifier"
+ARTIFACT_NAME = "classifier"  # the logged model's name
 PREPROCESSING_FILE = "preprocessing.json"
+NETWORK_FILE = "network.pt2"
+MODEL_FILE = "model.pt"
+# On the logged model and the registered version: the sha256 of the model.pt inside, so that
+# `resnet register` finds the model the training logged instead of exporting it again.
+MODEL_SHA256_TAG = "model.sha256"
 
 INPUT_DESCRIPTION = (
     f"pandas DataFrame with one column {INPUT_COLUMN!r}: each row an encoded image file's bytes "
@@ -104,6 +110,12 @@ class ModelFiles:
     checkpoint: Path
     spec: dict[str, Any]
 
+    @classmethod
+    def read(cls, folder: Path) -> ModelFiles:
+        """The files :func:`write_model_files` wrote to ``folder``."""
+        spec = json.loads((folder / PREPROCESSING_FILE).read_text())
+        return cls(folder / NETWORK_FILE, folder / PREPROCESSING_FILE, folder / MODEL_FILE, spec)
+
     def artifacts(self) -> dict[str, str]:
         """The ``artifacts`` argument of ``log_model``."""
         return {
@@ -116,15 +128,25 @@ class ModelFiles:
 def write_model_files(
     model: torch.nn.Module, meta: dict[str, Any], model_path: Path, folder: Path
 ) -> ModelFiles:
-    """Export the network and describe its preprocessing in ``folder``."""
+    """Export the network and describe its preprocessing in ``folder``, beside a copy of
+    ``model_path`` (the ``model.pt`` that ``meta`` describes)."""
     spec = preprocessing_spec(meta["preprocessing"])
-    network = folder / "network.pt2"
-    export_network(model, spec["crop"], network)
-    preprocessing = folder / PREPROCESSING_FILE
-    preprocessing.write_text(json.dumps(spec, indent=1) + "\n")
-    checkpoint = folder / "model.pt"
-    shutil.copyfile(model_path, checkpoint)
-    return ModelFiles(network, preprocessing, checkpoint, spec)
+    export_network(model, spec["crop"], folder / NETWORK_FILE)
+    (folder / PREPROCESSING_FILE).write_text(json.dumps(spec, indent=1) + "\n")
+    shutil.copyfile(model_path, folder / MODEL_FILE)
+    return ModelFiles.read(folder)
+
+
+def model_summary(meta: dict[str, Any], sha256: str) -> dict[str, str]:
+    """What the logged model says of itself (its MLmodel metadata), away from the registry."""
+    provenance = meta.get("provenance") or {}
+    return {
+        "dataset": str(meta["preprocessing"]["dataset"]),
+        "model": str(meta["model"]),
+        "data.version": str(provenance.get("data_version", "unknown")),
+        "git.commit": str(provenance.get("mlflow.source.git.commit", "unknown")),
+        MODEL_SHA256_TAG: sha256,
+    }
 
 
 def signature(classes: list[str]) -> ModelSignature:
@@ -142,8 +164,8 @@ def example_input(crop: int) -> pd.DataFrame:
     return pd.DataFrame({INPUT_COLUMN: [buffer.getvalue()] * 2})
 
 
-def log_classifier(files: ModelFiles, metadata: dict[str, Any]) -> mlflow.models.model.ModelInfo:
-    """Log the pyfunc to the active run (MLflow's global tracking URI and active run).
+def pyfunc_arguments(files: ModelFiles, metadata: dict[str, Any]) -> dict[str, Any]:
+    """What ``Model.log`` takes for the pyfunc besides its name, run and model id.
 
     MLflow loads it once from the code file while logging, to check the input example.
     """
@@ -154,12 +176,12 @@ def log_classifier(files: ModelFiles, metadata: dict[str, Any]) -> mlflow.models
         f"pillow=={PIL.__version__}",
         f"mlflow=={mlflow.__version__}",
     ]
-    return mlflow.pyfunc.log_model(
-        name=ARTIFACT_NAME,
-        python_model=classifier_model.__file__,
-        artifacts=files.artifacts(),
-        signature=signature(files.spec["classes"]),
-        input_example=example_input(files.spec["crop"]),
-        pip_requirements=requirements,
-        metadata=metadata,
-    )
+    return {
+        "flavor": mlflow.pyfunc,
+        "python_model": classifier_model.__file__,
+        "artifacts": files.artifacts(),
+        "signature": signature(files.spec["classes"]),
+        "input_example": example_input(files.spec["crop"]),
+        "pip_requirements": requirements,
+        "metadata": metadata,
+    }
