@@ -71,8 +71,18 @@ def test_repro_then_nothing_then_only_what_a_param_change_touches(repo: Path) ->
 
     metrics = json.loads(run(sys.executable, "-m", "dvc", "metrics", "show", "--json", cwd=repo))
     (workspace,) = metrics.values()  # keyed by the repo's path ("" here)
-    evaluate = workspace["data"]["metrics/evaluate.json"]["data"]
+    # The DVC metrics (the columns of `dvc exp show`) are the headline figures alone; each
+    # stage's full report is a plain output beside them.
+    shown = {path: found["data"] for path, found in workspace["data"].items()}
+    assert {path: sorted(data) for path, data in shown.items()} == {
+        "metrics/headline/train.json": ["images_per_second", "train_error", "val_error"],
+        "metrics/headline/evaluate.json": ["test_top1_error"],
+        "metrics/headline/register.json": ["promoted", "version"],
+    }
+    evaluate = json.loads((repo / "metrics" / "evaluate.json").read_text())
+    assert evaluate["test_top1_error"] == shown["metrics/headline/evaluate.json"]["test_top1_error"]
     assert 0 <= evaluate["test_top1_error"] <= 100 and evaluate["samples"] == 100
+    assert shown["metrics/headline/register.json"] == {"promoted": True, "version": 1}
     plots = json.loads(run(sys.executable, "-m", "dvc", "plots", "show", "--json", cwd=repo))
     assert set(plots["data"]) == {
         "plots/train_history.json",
