@@ -3,8 +3,8 @@
 repository on a small CIFAR-10 subset, and a real MLflow server.
 
 Covers a deployment run to Completed (per-stage task runs, artifacts, the MLflow run, dvc.lock
-and the DVC cache), a workspace outside the deployment's folder and a bad parameter failing
-before any stage, a preempted train stage retried
+and the DVC cache) and every lineage link it leaves, a workspace outside the deployment's folder
+and a bad parameter failing before any stage, a preempted train stage retried
 and resuming its checkpoint, and the grid flow's parent and child runs.
 """
 
@@ -317,6 +317,103 @@ def test_a_deployment_from_prefect_yaml_runs_every_stage_on_a_worker(stack: Stac
     table = found["cifar10-plain20-metrics"]
     rows = json.loads(table.data) if isinstance(table.data, str) else table.data
     assert {"stage": "evaluate", "metric": "test_top1_error"}.items() <= rows[0].items()
+    check_lineage(stack, run, train_run, decision, tasks)
+
+
+def git_head(workspace: Path) -> str:
+    return subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=workspace, capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def stage_logs(task_run: Any) -> list[str]:
+    """The messages a task run logged (its stage's output), oldest first."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterTaskRunId
+
+    log_filter = LogFilter(task_run_id=LogFilterTaskRunId(any_=[task_run.id]))
+    messages: list[str] = []
+    with get_client(sync_client=True) as client:
+        while page := client.read_logs(log_filter, limit=200, offset=len(messages)):
+            messages += [log.message for log in page]
+    return messages
+
+
+def check_lineage(stack: Stack, run: Any, train_run: Any, decision: dict, tasks: list) -> None:
+    """One lineage key after the real flow run: from the Prefect flow run, the MLflow run, the
+    model version and the DVC experiment, each of the others is one step away."""
+    from resnet_mlops.tracking.lineage import (
+        DVC_EXP_TAG,
+        EXPERIMENT_KIND,
+        EXPERIMENT_KIND_TAG,
+        FLOW_RUN_ID_TAG,
+        FLOW_RUN_URL_TAG,
+        NOTE_TAG,
+        RUN_ID_TAG,
+        stage_hash,
+        stage_tag,
+    )
+    from resnet_mlops.train.resume import data_version
+
+    workspace, client = stack.workspace, MlflowClient(stack.mlflow.uri)
+    run_id, experiment_id = train_run.info.run_id, train_run.info.experiment_id
+    tags = train_run.data.tags
+    flow_url = f"{stack.api_url.removesuffix('/api')}/flow-runs/flow-run/{run.id}"
+    experiment = f"prefect-{run.name}"
+    data = workspace / "data" / "preprocessed" / "cifar10"
+    version = data_version(data)
+    lock = yaml.safe_load((workspace / "dvc.lock").read_text())
+    hashes = {stage_tag(s): stage_hash(lock, s) for s in ("prepare", "preprocess", "train")}
+
+    # The MLflow run -> the Prefect flow run (id and page), the DVC experiment, the commit,
+    # the data, dvc.lock's stages (as the workspace's dvc.lock has them) and the version.
+    assert client.get_experiment(experiment_id).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+    assert re.fullmatch(r"plain20-20-it-[0-9a-f]{4}", train_run.info.run_name)
+    assert tags[FLOW_RUN_ID_TAG] == str(run.id) and tags[FLOW_RUN_URL_TAG] == flow_url
+    assert tags[DVC_EXP_TAG] == experiment
+    assert tags["mlflow.source.git.commit"] == git_head(workspace)
+    assert tags["data.version"] == version
+    assert {key: tags.get(key) for key in hashes} == hashes  # train's added by register
+    model = f"models:/{decision['name']}/{decision['version']}"
+    assert tags["registry.model"] == model
+    note = tags[NOTE_TAG]
+    assert "plain20 on cifar10, 20 iterations" in note
+    assert flow_url in note and experiment in note and version in note
+    (used,) = train_run.inputs.dataset_inputs
+    assert (used.dataset.name, used.dataset.digest) == ("cifar10", version)
+    splits = json.loads((data / "stats.json").read_text())["splits"]
+    assert json.loads(used.dataset.profile) == {"splits": splits}
+
+    # The model version -> the same key, its training run, and a description.
+    registered = client.get_model_version(decision["name"], str(decision["version"]))
+    assert registered.run_id == run_id and registered.tags[RUN_ID_TAG] == run_id
+    for key in (FLOW_RUN_ID_TAG, FLOW_RUN_URL_TAG, DVC_EXP_TAG, *hashes):
+        assert registered.tags[key] == tags[key], key
+    assert registered.tags["git.commit"] == tags["mlflow.source.git.commit"]
+    assert registered.tags["data.version"] == version
+    assert "Test top-1 error" in registered.description and run_id in registered.description
+
+    # The Prefect flow run -> the MLflow run: the train stage's log says where it is.
+    (train_task,) = [t for t in tasks if t.name == "train"]
+    url = f"{stack.mlflow.uri}/#/experiments/{experiment_id}/runs/{run_id}"
+    assert any(f"MLflow run {run_id}: {url}" in line for line in stage_logs(train_task))
+
+    # The DVC experiment -> the same dvc.lock (what `dvc exp show` names it after).
+    shown = json.loads(dvc("exp", "show", "--json", cwd=workspace))
+    (rev,) = [
+        e["revs"][0]["rev"]
+        for r in shown
+        for e in r.get("experiments") or []
+        if e["name"] == experiment
+    ]
+    saved = subprocess.run(
+        ["git", "show", f"{rev}:dvc.lock"],
+        cwd=workspace,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert {key: stage_hash(yaml.safe_load(saved), key.split(".")[2]) for key in hashes} == hashes
 
 
 def test_a_deployment_run_on_a_workspace_outside_its_folder_fails_before_any_stage(
