@@ -4,8 +4,8 @@ repository on a small CIFAR-10 subset, and a real MLflow server.
 
 Covers a deployment run to Completed (per-stage task runs, artifacts, the MLflow run, dvc.lock
 and the DVC cache) and every lineage link it leaves, a workspace outside the deployment's folder
-and a bad parameter failing before any stage, a preempted train stage retried
-and resuming its checkpoint, and the grid flow's parent and child runs.
+and a bad parameter failing before any stage, and the grid flow's parent and child runs with a
+preempted train stage retried and resuming its checkpoint.
 """
 
 from __future__ import annotations
@@ -490,15 +490,30 @@ def _train_process() -> psutil.Process | None:
     return None
 
 
-def test_a_preempted_train_stage_is_retried_and_resumes_its_checkpoint(
+def child_flow_runs(parent_id: Any) -> list[Any]:
+    """The subflow runs of a flow run (a grid's children)."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent_id])
+            )
+        )
+
+
+def test_the_grid_runs_each_model_as_a_child_and_a_preempted_train_stage_resumes(
     stack: Stack, stage_env: None
 ) -> None:
-    from pipelines.pipeline import resnet_pipeline
+    """The grid's children under one parent run; the first child's training is preempted
+    (SIGTERM, as a scheduler would), retried, and resumes its checkpoint and its MLflow run.
+    One grid run covers both: each pipeline run costs minutes of process start-ups here."""
+    from pipelines.grid import resnet_grid
     from resnet_mlops.engine.checkpoint import load_checkpoint
 
-    workspace = stack.workspace
-    checkpoint = workspace / "models" / "checkpoint.pt"
-    overrides = ["train.schedule.length=30", "train.schedule.milestones=[20]"]
+    checkpoint = stack.workspace / "models" / "checkpoint.pt"
+    models = ["plain20", "resnet20"]
     result: dict[str, Any] = {}
     # The thread gets this context: Prefect's settings (the test server) live in a contextvar.
     context = contextvars.copy_context()
@@ -506,19 +521,20 @@ def test_a_preempted_train_stage_is_retried_and_resumes_its_checkpoint(
         target=context.run,
         args=(
             lambda: result.update(
-                state=resnet_pipeline(
-                    model="resnet20",
-                    overrides=overrides,
+                state=resnet_grid(
+                    models=models,
+                    grid="tiny",
+                    overrides=["train.schedule.length=30", "train.schedule.milestones=[20]"],
                     retries=2,
                     retry_delay_seconds=1,
-                    workspace=str(workspace),
+                    workspace=str(stack.workspace),
                     return_state=True,
                 )
             ),
         ),
     )
     flow.start()
-    # Preempt training (SIGTERM, as a scheduler would) once it has written a checkpoint.
+    # The first child's training, once it has written a checkpoint.
     deadline = time.monotonic() + RUN_TIMEOUT_S
     while True:
         assert flow.is_alive() and time.monotonic() < deadline, "training never checkpointed"
@@ -529,41 +545,10 @@ def test_a_preempted_train_stage_is_retried_and_resumes_its_checkpoint(
     process.send_signal(signal.SIGTERM)
     process.wait(120)
     stopped_at = load_checkpoint(checkpoint)["train_state"]["iteration"]
-    flow.join(RUN_TIMEOUT_S)
+    flow.join(2 * RUN_TIMEOUT_S)
     state = result["state"]
     assert state.is_completed(), state.message
     assert 0 < stopped_at < 30
-
-    (train,) = [t for t in task_runs(state.state_details.flow_run_id) if t.name == "train"]
-    assert train.run_count == 2 and train.state.is_completed()
-    history = json.loads((workspace / "plots" / "train_history.json").read_text())
-    assert history[-1]["iteration"] == 30
-    # Resumed, not restarted: the second attempt continued the first one's MLflow run.
-    client = MlflowClient(stack.mlflow.uri)
-    runs = client.search_runs(
-        [e.experiment_id for e in client.search_experiments()], "tags.model = 'resnet20'"
-    )
-    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
-    assert load_checkpoint(workspace / "models" / "model.pt")["provenance"]["mlflow_run_id"] == (
-        runs[0].info.run_id
-    )
-
-
-def test_the_grid_runs_each_model_as_a_child_under_one_parent_run(
-    stack: Stack, stage_env: None
-) -> None:
-    from pipelines.grid import resnet_grid
-
-    models = ["plain20", "resnet20"]
-    state = resnet_grid(
-        models=models,
-        grid="tiny",
-        overrides=["train.schedule.length=12", "train.schedule.milestones=[6]"],
-        retries=0,
-        workspace=str(stack.workspace),
-        return_state=True,
-    )
-    assert state.is_completed(), state.message
     results = state.result()
     assert [r["model"] for r in results] == models
     assert all(r["state"] == "Completed" for r in results)
@@ -575,9 +560,20 @@ def test_the_grid_runs_each_model_as_a_child_under_one_parent_run(
     children = client.search_runs(
         experiments, f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
     )
+    # One run per model: the preempted child continued its first attempt's run.
     assert sorted(c.data.tags["model"] for c in children) == sorted(models)
-    assert all(c.data.tags["grid"] == "tiny" for c in children)
-    assert {r["run_id"] for r in results} == {c.info.run_id for c in children}
+    assert all(c.data.tags["grid"] == "tiny" and c.info.status == "FINISHED" for c in children)
+    run_of = {c.data.tags["model"]: c.info.run_id for c in children}
+    # The run each child's model.pt names (resumed, not restarted).
+    assert [r["run_id"] for r in results] == [run_of[m] for m in models]
+
+    # The preempted stage: retried once, then finished the schedule; the other ran once.
+    flows = {f.parameters["model"]: f for f in child_flow_runs(state.state_details.flow_run_id)}
+    (train,) = [t for t in task_runs(flows["plain20"].id) if t.name == "train"]
+    assert train.run_count == 2 and train.state.is_completed()
+    assert results[0]["metrics"]["train"]["iteration"] == 30
+    (other,) = [t for t in task_runs(flows["resnet20"].id) if t.name == "train"]
+    assert other.run_count == 1 and other.state.is_completed()
 
     report = artifacts(state.state_details.flow_run_id)["grid-tiny"]
     assert report.type == "markdown" and all(m in report.data for m in models)
