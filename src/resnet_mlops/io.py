@@ -352,6 +352,12 @@ def _holds(document: object, *keys: str) -> bool:
     return isinstance(document, dict) and set(keys) <= document.keys()
 
 
+def _holds_only(document: object, required: str, *optional: str) -> bool:
+    """A headline file: ``required`` and nothing but ``optional`` besides (the full file of the
+    same stage holds more, so neither passes for the other)."""
+    return _holds(document, required) and document.keys() <= {required, *optional}
+
+
 # How an earlier output of each command's file option is recognised: keys it always holds.
 # Shapes, not a marker key: these are DVC metrics and plots, read as they are by `dvc metrics`
 # and `dvc plots`; a command's outputs differ from each other's in these keys.
@@ -363,11 +369,19 @@ OUTPUT_FILES: dict[str, Callable[[Any], bool]] = {
         or _holds(doc, "dataset", "samples", "shards", "reencoded")
     ),
     "train --metrics": lambda doc: _holds(doc, *_TRAIN_ROW),
+    # The stages' COMPARED_METRICS (train.trainer, stages.evaluate, stages.register).
+    "train --headline": lambda doc: _holds_only(
+        doc, "train_error", "val_error", "images_per_second"
+    ),
     "train --history": lambda doc: (
         isinstance(doc, list) and all(_holds(row, *_TRAIN_ROW) for row in doc)
     ),
     "evaluate --metrics": lambda doc: _holds(doc, "model", "split", "samples"),
+    "evaluate --headline": lambda doc: _holds_only(
+        doc, "test_top1_error", "test_10crop_top1_error"
+    ),
     "register --out": lambda doc: _holds(doc, "name", "version", "promoted", "reason"),
+    "register --headline": lambda doc: _holds_only(doc, "promoted", "version"),
     "report --metrics": lambda doc: (
         isinstance(doc, dict) and all(_holds(row, "runs") for row in doc.values())
     ),

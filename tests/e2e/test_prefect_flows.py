@@ -3,9 +3,9 @@
 repository on a small CIFAR-10 subset, and a real MLflow server.
 
 Covers a deployment run to Completed (per-stage task runs, artifacts, the MLflow run, dvc.lock
-and the DVC cache), a workspace outside the deployment's folder and a bad parameter failing
-before any stage, a preempted train stage retried
-and resuming its checkpoint, and the grid flow's parent and child runs.
+and the DVC cache) and every lineage link it leaves, a workspace outside the deployment's folder
+and a bad parameter failing before any stage, and the grid flow's parent and child runs with a
+preempted train stage retried and resuming its checkpoint.
 """
 
 from __future__ import annotations
@@ -317,17 +317,128 @@ def test_a_deployment_from_prefect_yaml_runs_every_stage_on_a_worker(stack: Stac
     table = found["cifar10-plain20-metrics"]
     rows = json.loads(table.data) if isinstance(table.data, str) else table.data
     assert {"stage": "evaluate", "metric": "test_top1_error"}.items() <= rows[0].items()
+    check_lineage(stack, run, train_run, decision, tasks)
+
+
+def git_head(workspace: Path) -> str:
+    return subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=workspace, capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def stage_logs(task_run: Any) -> list[str]:
+    """The messages a task run logged (its stage's output), oldest first."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterTaskRunId
+
+    log_filter = LogFilter(task_run_id=LogFilterTaskRunId(any_=[task_run.id]))
+    messages: list[str] = []
+    with get_client(sync_client=True) as client:
+        while page := client.read_logs(log_filter, limit=200, offset=len(messages)):
+            messages += [log.message for log in page]
+    return messages
+
+
+def check_lineage(stack: Stack, run: Any, train_run: Any, decision: dict, tasks: list) -> None:
+    """One lineage key after the real flow run: from the Prefect flow run, the MLflow run, the
+    model version and the DVC experiment, each of the others is one step away."""
+    from resnet_mlops.tracking.lineage import (
+        DVC_EXP_TAG,
+        EXPERIMENT_KIND,
+        EXPERIMENT_KIND_TAG,
+        FLOW_RUN_ID_TAG,
+        FLOW_RUN_URL_TAG,
+        NOTE_TAG,
+        RUN_ID_TAG,
+        stage_hash,
+        stage_tag,
+    )
+    from resnet_mlops.train.resume import data_version
+
+    workspace, client = stack.workspace, MlflowClient(stack.mlflow.uri)
+    run_id, experiment_id = train_run.info.run_id, train_run.info.experiment_id
+    tags = train_run.data.tags
+    flow_url = f"{stack.api_url.removesuffix('/api')}/flow-runs/flow-run/{run.id}"
+    experiment = f"prefect-{run.name}"
+    data = workspace / "data" / "preprocessed" / "cifar10"
+    version = data_version(data)
+    lock = yaml.safe_load((workspace / "dvc.lock").read_text())
+    hashes = {stage_tag(s): stage_hash(lock, s) for s in ("prepare", "preprocess", "train")}
+
+    # The MLflow run -> the Prefect flow run (id and page), the DVC experiment, the commit,
+    # the data, dvc.lock's stages (as the workspace's dvc.lock has them) and the version.
+    assert client.get_experiment(experiment_id).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+    assert re.fullmatch(r"plain20-20-it-[0-9a-f]{4}", train_run.info.run_name)
+    assert tags[FLOW_RUN_ID_TAG] == str(run.id) and tags[FLOW_RUN_URL_TAG] == flow_url
+    assert tags[DVC_EXP_TAG] == experiment
+    assert tags["mlflow.source.git.commit"] == git_head(workspace)
+    assert tags["data.version"] == version
+    assert {key: tags.get(key) for key in hashes} == hashes  # train's added by register
+    model = f"models:/{decision['name']}/{decision['version']}"
+    assert tags["registry.model"] == model
+    note = tags[NOTE_TAG]
+    assert "plain20 on cifar10, 20 iterations" in note
+    assert flow_url in note and experiment in note and version in note
+    (used,) = train_run.inputs.dataset_inputs
+    assert (used.dataset.name, used.dataset.digest) == ("cifar10", version)
+    splits = json.loads((data / "stats.json").read_text())["splits"]
+    assert json.loads(used.dataset.profile) == {"splits": splits}
+
+    # The model version -> the same key, its training run, and a description.
+    registered = client.get_model_version(decision["name"], str(decision["version"]))
+    assert registered.run_id == run_id and registered.tags[RUN_ID_TAG] == run_id
+    for key in (FLOW_RUN_ID_TAG, FLOW_RUN_URL_TAG, DVC_EXP_TAG, *hashes):
+        assert registered.tags[key] == tags[key], key
+    assert registered.tags["git.commit"] == tags["mlflow.source.git.commit"]
+    assert registered.tags["data.version"] == version
+    assert "Test top-1 error" in registered.description and run_id in registered.description
+
+    # The Prefect flow run -> the MLflow run: the train stage's log says where it is.
+    (train_task,) = [t for t in tasks if t.name == "train"]
+    url = f"{stack.mlflow.uri}/#/experiments/{experiment_id}/runs/{run_id}"
+    assert any(f"MLflow run {run_id}: {url}" in line for line in stage_logs(train_task))
+
+    # The DVC experiment -> the same dvc.lock (what `dvc exp show` names it after).
+    shown = json.loads(dvc("exp", "show", "--json", cwd=workspace))
+    (rev,) = [
+        e["revs"][0]["rev"]
+        for r in shown
+        for e in r.get("experiments") or []
+        if e["name"] == experiment
+    ]
+    saved = subprocess.run(
+        ["git", "show", f"{rev}:dvc.lock"],
+        cwd=workspace,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert {key: stage_hash(yaml.safe_load(saved), key.split(".")[2]) for key in hashes} == hashes
+
+
+def deploy_once(stack: Stack) -> None:
+    """prefect.yaml's deployments on the server, unless the first test deployed them."""
+    from prefect import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_deployment_by_name("resnet-pipeline/cifar10-resnet20")
+            return
+        except ObjectNotFound:
+            pass
+    cli("deploy", "--all", "--no-prompt", env=stack.env, cwd=stack.workspace)
 
 
 def test_a_deployment_run_on_a_workspace_outside_its_folder_fails_before_any_stage(
-    stack: Stack, tmp_path: Path
+    stack: Stack,
 ) -> None:
     # A complete DVC project beside the deployment's folder, named with its path as a prefix:
     # were the workspace not checked, the worker would run its whole pipeline.
     elsewhere = Path(f"{stack.workspace}-elsewhere")
-    make_workspace(tmp_path).rename(elsewhere)
+    subprocess.run(["git", "clone", "-q", str(stack.workspace), str(elsewhere)], check=True)
     before = sorted(p.relative_to(elsewhere) for p in elsewhere.rglob("*"))
-    cli("deploy", "--all", "--no-prompt", env=stack.env, cwd=stack.workspace)
+    deploy_once(stack)
     output = cli(
         "deployment",
         "run",
@@ -393,15 +504,30 @@ def _train_process() -> psutil.Process | None:
     return None
 
 
-def test_a_preempted_train_stage_is_retried_and_resumes_its_checkpoint(
+def child_flow_runs(parent_id: Any) -> list[Any]:
+    """The subflow runs of a flow run (a grid's children)."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent_id])
+            )
+        )
+
+
+def test_the_grid_runs_each_model_as_a_child_and_a_preempted_train_stage_resumes(
     stack: Stack, stage_env: None
 ) -> None:
-    from pipelines.pipeline import resnet_pipeline
+    """The grid's children under one parent run; the first child's training is preempted
+    (SIGTERM, as a scheduler would), retried, and resumes its checkpoint and its MLflow run.
+    One grid run covers both: each pipeline run costs minutes of process start-ups here."""
+    from pipelines.grid import resnet_grid
     from resnet_mlops.engine.checkpoint import load_checkpoint
 
-    workspace = stack.workspace
-    checkpoint = workspace / "models" / "checkpoint.pt"
-    overrides = ["train.schedule.length=30", "train.schedule.milestones=[20]"]
+    checkpoint = stack.workspace / "models" / "checkpoint.pt"
+    models = ["plain20", "resnet20"]
     result: dict[str, Any] = {}
     # The thread gets this context: Prefect's settings (the test server) live in a contextvar.
     context = contextvars.copy_context()
@@ -409,19 +535,20 @@ def test_a_preempted_train_stage_is_retried_and_resumes_its_checkpoint(
         target=context.run,
         args=(
             lambda: result.update(
-                state=resnet_pipeline(
-                    model="resnet20",
-                    overrides=overrides,
+                state=resnet_grid(
+                    models=models,
+                    grid="tiny",
+                    overrides=["train.schedule.length=30", "train.schedule.milestones=[20]"],
                     retries=2,
                     retry_delay_seconds=1,
-                    workspace=str(workspace),
+                    workspace=str(stack.workspace),
                     return_state=True,
                 )
             ),
         ),
     )
     flow.start()
-    # Preempt training (SIGTERM, as a scheduler would) once it has written a checkpoint.
+    # The first child's training, once it has written a checkpoint.
     deadline = time.monotonic() + RUN_TIMEOUT_S
     while True:
         assert flow.is_alive() and time.monotonic() < deadline, "training never checkpointed"
@@ -432,41 +559,10 @@ def test_a_preempted_train_stage_is_retried_and_resumes_its_checkpoint(
     process.send_signal(signal.SIGTERM)
     process.wait(120)
     stopped_at = load_checkpoint(checkpoint)["train_state"]["iteration"]
-    flow.join(RUN_TIMEOUT_S)
+    flow.join(2 * RUN_TIMEOUT_S)
     state = result["state"]
     assert state.is_completed(), state.message
     assert 0 < stopped_at < 30
-
-    (train,) = [t for t in task_runs(state.state_details.flow_run_id) if t.name == "train"]
-    assert train.run_count == 2 and train.state.is_completed()
-    history = json.loads((workspace / "plots" / "train_history.json").read_text())
-    assert history[-1]["iteration"] == 30
-    # Resumed, not restarted: the second attempt continued the first one's MLflow run.
-    client = MlflowClient(stack.mlflow.uri)
-    runs = client.search_runs(
-        [e.experiment_id for e in client.search_experiments()], "tags.model = 'resnet20'"
-    )
-    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
-    assert load_checkpoint(workspace / "models" / "model.pt")["provenance"]["mlflow_run_id"] == (
-        runs[0].info.run_id
-    )
-
-
-def test_the_grid_runs_each_model_as_a_child_under_one_parent_run(
-    stack: Stack, stage_env: None
-) -> None:
-    from pipelines.grid import resnet_grid
-
-    models = ["plain20", "resnet20"]
-    state = resnet_grid(
-        models=models,
-        grid="tiny",
-        overrides=["train.schedule.length=12", "train.schedule.milestones=[6]"],
-        retries=0,
-        workspace=str(stack.workspace),
-        return_state=True,
-    )
-    assert state.is_completed(), state.message
     results = state.result()
     assert [r["model"] for r in results] == models
     assert all(r["state"] == "Completed" for r in results)
@@ -478,9 +574,20 @@ def test_the_grid_runs_each_model_as_a_child_under_one_parent_run(
     children = client.search_runs(
         experiments, f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
     )
+    # One run per model: the preempted child continued its first attempt's run.
     assert sorted(c.data.tags["model"] for c in children) == sorted(models)
-    assert all(c.data.tags["grid"] == "tiny" for c in children)
-    assert {r["run_id"] for r in results} == {c.info.run_id for c in children}
+    assert all(c.data.tags["grid"] == "tiny" and c.info.status == "FINISHED" for c in children)
+    run_of = {c.data.tags["model"]: c.info.run_id for c in children}
+    # The run each child's model.pt names (resumed, not restarted).
+    assert [r["run_id"] for r in results] == [run_of[m] for m in models]
+
+    # The preempted stage: retried once, then finished the schedule; the other ran once.
+    flows = {f.parameters["model"]: f for f in child_flow_runs(state.state_details.flow_run_id)}
+    (train,) = [t for t in task_runs(flows["plain20"].id) if t.name == "train"]
+    assert train.run_count == 2 and train.state.is_completed()
+    assert results[0]["metrics"]["train"]["iteration"] == 30
+    (other,) = [t for t in task_runs(flows["resnet20"].id) if t.name == "train"]
+    assert other.run_count == 1 and other.state.is_completed()
 
     report = artifacts(state.state_details.flow_run_id)["grid-tiny"]
     assert report.type == "markdown" and all(m in report.data for m in models)

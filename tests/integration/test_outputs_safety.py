@@ -358,9 +358,12 @@ COMMITTED = {
     "prepare --report": "metrics/prepare.json",
     "preprocess --report": "metrics/preprocess.json",
     "train --metrics": "metrics/train.json",
+    "train --headline": "metrics/headline/train.json",
     "train --history": "plots/train_history.json",
     "evaluate --metrics": "metrics/evaluate.json",
+    "evaluate --headline": "metrics/headline/evaluate.json",
     "register --out": "metrics/register.json",
+    "register --headline": "metrics/headline/register.json",
     "report --metrics": "metrics/report.json",
 }
 
@@ -391,12 +394,19 @@ def file_commands(target: Path, tmp_path: Path) -> dict[str, list[str]]:
         + ["--report", str(target)],
         "train --metrics": ["train", *params, "--data", missing, "--out", missing]
         + ["--metrics", str(target), "--history", str(tmp_path / "history.json")],
+        "train --headline": ["train", *params, "--data", missing, "--out", missing]
+        + ["--metrics", str(tmp_path / "train.json"), "--history", str(tmp_path / "h.json")]
+        + ["--headline", str(target)],
         "train --history": ["train", *params, "--data", missing, "--out", missing]
         + ["--metrics", str(tmp_path / "train.json"), "--history", str(target)],
         "evaluate --metrics": ["evaluate", *params, "--model", missing, "--data", missing]
         + ["--metrics", str(target), "--plots", missing],
+        "evaluate --headline": ["evaluate", *params, "--model", missing, "--data", missing]
+        + ["--metrics", str(tmp_path / "e.json"), "--plots", missing, "--headline", str(target)],
         "register --out": ["register", *params, "--model", missing, "--evaluation", missing]
         + ["--data", missing, "--out", str(target)],
+        "register --headline": ["register", *params, "--model", missing, "--evaluation", missing]
+        + ["--data", missing, "--out", str(tmp_path / "r.json"), "--headline", str(target)],
         "report --metrics": ["report", *params, "--out", missing, "--metrics", str(target)],
     }
 

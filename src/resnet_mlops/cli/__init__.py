@@ -179,9 +179,16 @@ def train_command(
     params: ParamsOption = Path("params.yaml"),
     data: Annotated[Path | None, typer.Option(help="Default: data/preprocessed/<dataset>.")] = None,
     out: Annotated[Path, typer.Option(help="Checkpoint and model folder.")] = Path("models"),
-    metrics: Annotated[Path, typer.Option(help="Final metrics (DVC).")] = Path(
+    metrics: Annotated[Path, typer.Option(help="Final metrics, all of them.")] = Path(
         "metrics/train.json"
     ),
+    headline: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also write train/val error and images/s here (the DVC metrics that "
+            "dvc exp show lists)."
+        ),
+    ] = None,
     history: Annotated[Path, typer.Option(help="Per-epoch metrics (DVC plots).")] = Path(
         "plots/train_history.json"
     ),
@@ -210,7 +217,7 @@ def train_command(
     With torchrun's ``PET_NPROC_PER_NODE`` / ``PET_NNODES`` set for more than one process, it
     re-runs itself under ``torch.distributed.run`` (see ``resnet_mlops.train.launch``).
     """
-    from resnet_mlops.stages.train import run_training
+    from resnet_mlops.stages.train import StageOptions, run_training
     from resnet_mlops.train.launch import command_args, launch_requested, relaunch_under_torchrun
     from resnet_mlops.train.loop import Interrupted
 
@@ -219,6 +226,7 @@ def train_command(
             "--params": params,
             "--out": out,
             "--metrics": metrics,
+            "--headline": headline,
             "--history": history,
             "--data": data,
             "--resume": resume,
@@ -236,7 +244,7 @@ def train_command(
             metrics,
             history,
             mode,
-            stop_with_parent=stop_with_parent,
+            options=StageOptions(stop_with_parent=stop_with_parent, headline=headline),
         )
     except Interrupted as error:
         typer.echo(str(error), err=True)
@@ -250,15 +258,19 @@ def evaluate_command(
     params: ParamsOption = Path("params.yaml"),
     model: Annotated[Path, typer.Option(help="The trained model file.")] = Path("models/model.pt"),
     data: Annotated[Path | None, typer.Option(help="Default: data/preprocessed/<dataset>.")] = None,
-    metrics: Annotated[Path, typer.Option(help="Metrics JSON (DVC).")] = Path(
+    metrics: Annotated[Path, typer.Option(help="Metrics JSON, all of them.")] = Path(
         "metrics/evaluate.json"
     ),
+    headline: Annotated[
+        Path | None,
+        typer.Option(help="Also write the top-1 error here (the DVC metrics dvc exp show lists)."),
+    ] = None,
     plots: Annotated[Path, typer.Option(help="Folder for the confusion matrix.")] = Path("plots"),
 ) -> None:
     """Score a trained model: top-1/top-5 error, per-class accuracy, confusion matrix."""
     from resnet_mlops.stages.evaluate import EvalPaths, run_evaluation
 
-    paths = EvalPaths(metrics, plots / "confusion.csv", plots / "confusion.png")
+    paths = EvalPaths(metrics, plots / "confusion.csv", plots / "confusion.png", headline)
     result = run_evaluation(params, overrides or [], model, data, paths)
     errors = {k: round(v, 2) for k, v in result.items() if k.endswith("error")}
     typer.echo(f"evaluated {result['model']} on {result['samples']} images: {errors}")

@@ -58,9 +58,13 @@ def register_command(
         "metrics/evaluate.json"
     ),
     data: Annotated[Path | None, typer.Option(help="Default: data/preprocessed/<dataset>.")] = None,
-    out: Annotated[Path, typer.Option(help="The decision (DVC metrics).")] = Path(
-        "metrics/register.json"
-    ),
+    out: Annotated[Path, typer.Option(help="The decision, whole.")] = Path("metrics/register.json"),
+    headline: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also write promoted and version here (the DVC metrics dvc exp show lists)."
+        ),
+    ] = None,
 ) -> None:
     """Register the evaluated model in MLflow as `challenger`; make it `champion` if it wins."""
     from mlflow.exceptions import MlflowException
@@ -68,7 +72,7 @@ def register_command(
     from resnet_mlops.stages.register import run_register
 
     try:
-        decision = run_register(params, overrides or [], model, evaluation, data, out)
+        decision = run_register(params, overrides or [], model, evaluation, data, out, headline)
     except MlflowException as error:
         _fail(f"MLflow refused the registration: {_reason(error)}")
     typer.echo(f"registered: {decision.reason} (decision: {out})")

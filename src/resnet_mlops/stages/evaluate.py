@@ -23,9 +23,15 @@ from resnet_mlops.params.evaluate import EvaluateParams
 class EvalPaths:
     """Where ``evaluate`` writes."""
 
-    metrics: Path  # JSON, DVC metrics
+    metrics: Path  # JSON, every figure
     confusion_csv: Path  # actual,predicted rows: DVC's confusion template
     confusion_png: Path
+    headline: Path | None = None  # COMPARED_METRICS alone: the stage's DVC metrics
+
+
+# The figures experiments are compared by: the evaluate stage's DVC metrics, its columns in
+# `dvc exp show`. The rest (loss, top-5, per-class accuracy, the split) stays in ``metrics``.
+COMPARED_METRICS = ("test_top1_error", "test_10crop_top1_error")
 
 
 def confusion_rows(confusion: torch.Tensor, classes: list[str]) -> str:
@@ -99,6 +105,9 @@ def evaluate(
     if dataset == "imagenet" and params.ten_crop:
         metrics.update(run(True).as_metrics("test_10crop"))
     write_json_atomic(paths.metrics, metrics)
+    if paths.headline is not None:
+        compared = {key: metrics[key] for key in COMPARED_METRICS if key in metrics}
+        write_json_atomic(paths.headline, compared)
     atomic_write_bytes(paths.confusion_csv, confusion_rows(single.confusion, classes).encode())
     title = (
         f"{meta['model']} on {dataset} {params.split}: top-1 error {100 * single.top1_error:.2f}%"
@@ -138,7 +147,8 @@ def run_evaluation(
     """Parse params, :func:`evaluate`, and log the results to the model's MLflow run.
 
     Raises:
-        OutputError: ``paths.metrics`` is a file ``resnet evaluate`` did not write.
+        OutputError: ``paths.metrics`` or ``paths.headline`` is a file ``resnet evaluate``
+            did not write.
     """
     params, _ = load_params(params_path, overrides)
     check_split(params, params_path)
@@ -146,6 +156,8 @@ def run_evaluation(
     dataset, sections = params.dataset, {"evaluate": params.evaluate, "loader": params.loader}
     data_dir = data or Path("data/preprocessed") / dataset
     check_output_file(paths.metrics, "evaluate --metrics")
+    if paths.headline is not None:
+        check_output_file(paths.headline, "evaluate --headline")
     metrics = evaluate(
         dataset, sections["evaluate"], sections["loader"], model_path, data_dir, paths
     )

@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -282,6 +283,26 @@ class _TrackerSink:
             self.tracker.finish(status)
 
 
+@dataclass(frozen=True)
+class StageOptions:
+    """What the dvc.yaml train stage adds to a plain ``resnet train``."""
+
+    # Also stop (checkpoint, Interrupted) when the process that launched this one exits, e.g.
+    # a killed `dvc repro` (see resnet_mlops.train.stop).
+    stop_with_parent: bool = False
+    # Also write the few figures experiments are compared by here (train.COMPARED_METRICS:
+    # the DVC metrics `dvc exp show` lists); the metrics file has them all.
+    headline: Path | None = None
+
+
+def _check_outputs(paths: TrainPaths) -> None:
+    """Refuse, before any work, output files ``resnet train`` did not write."""
+    check_output_file(paths.metrics, "train --metrics")
+    check_output_file(paths.history, "train --history")
+    if paths.headline is not None:
+        check_output_file(paths.headline, "train --headline")
+
+
 def run_training(
     params_path: Path,
     overrides: list[str],
@@ -291,7 +312,7 @@ def run_training(
     history: Path,
     resume: bool | Literal["auto"],
     *,
-    stop_with_parent: bool = False,
+    options: StageOptions = StageOptions(),
 ) -> TrainResult:
     """Parse, lock ``out``, attach the tracker (rank 0 only), train, then log curves and model.
 
@@ -302,14 +323,13 @@ def run_training(
     from it, and its MLflow run is completed only if its writer died leaving it RUNNING.
 
     Args:
-        stop_with_parent: also stop (checkpoint, :class:`Interrupted`) when the process that
-            launched this one exits, e.g. a killed ``dvc repro`` (see
-            :mod:`resnet_mlops.train.stop`).
+        options: what the dvc.yaml stage adds (stop with ``dvc repro``, the headline file).
 
     Raises:
         ConfigError: bad params.
         OutputBusy: another ``resnet train`` writes to ``out``.
-        OutputError: ``metrics`` or ``history`` is a file ``resnet train`` did not write.
+        OutputError: ``metrics``, ``history`` or ``headline`` is a file ``resnet train`` did
+            not write.
         CheckpointError: a checkpoint that cannot be resumed.
         Interrupted: SIGTERM, or the launcher exited; the checkpoint was saved.
     """
@@ -318,10 +338,9 @@ def run_training(
     dataset, train_params, loader_params, tree = load_train_params(params_path, overrides)
     require_device(params_path, "train.device", train_params.device)
     extra_tags = env_tags()  # a bad RESNET_RUN_TAGS fails here, before any file is touched
-    check_output_file(metrics, "train --metrics")
-    check_output_file(history, "train --history")
+    paths = TrainPaths(out / "checkpoint.pt", out / "model.pt", metrics, history, options.headline)
+    _check_outputs(paths)
     data_dir = data or Path("data/preprocessed") / dataset
-    paths = TrainPaths(out / "checkpoint.pt", out / "model.pt", metrics, history)
     root = Path.cwd()
     uri = tracking_uri(root)
     version = data_version(data_dir)
@@ -330,7 +349,7 @@ def run_training(
     stop = StopRequest()
     with contextlib.ExitStack() as scope:
         scope.enter_context(stop.on_sigterm())
-        if stop_with_parent:
+        if options.stop_with_parent:
             scope.callback(watch_launcher(stop))
         if rank0:  # the only writer of `out` (other ranks may not even share its disk)
             _claim_output(scope, out, paths)

@@ -41,6 +41,12 @@ class TrainPaths:
     model: Path
     metrics: Path
     history: Path
+    headline: Path | None = None  # COMPARED_METRICS alone: the stage's DVC metrics
+
+
+# The figures experiments are compared by: the train stage's DVC metrics, the few columns of
+# `dvc exp show`. Everything else (losses, lr, top-5, iteration) stays in ``metrics``.
+COMPARED_METRICS = ("train_error", "val_error", "images_per_second")
 
 
 @dataclass(frozen=True)
@@ -317,6 +323,9 @@ class Trainer:
         final = dict(self.state.history[-1]) if self.state.history else {}
         if self.runtime.is_main:
             write_json_atomic(job.paths.metrics, final)
+            if job.paths.headline is not None:
+                headline = {key: final[key] for key in COMPARED_METRICS if key in final}
+                write_json_atomic(job.paths.headline, headline)
             save_model(
                 job.paths.model,
                 self.model,
