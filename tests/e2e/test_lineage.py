@@ -18,7 +18,7 @@ from resnet_mlops.tracking.lineage import (
     DVC_EXP_TAG,
     FLOW_RUN_ID_TAG,
     FLOW_RUN_URL_TAG,
-    ManifestDataset,
+    dataset_input,
     run_name,
     stage_hash,
 )
@@ -87,7 +87,7 @@ def test_the_flow_summary_links_the_mlflow_run() -> None:
 
 
 def test_the_dataset_carries_its_manifest_hash_source_and_split_sizes(tmp_path: Path) -> None:
-    entity = ManifestDataset("cifar10", tmp_path, "0123abcd", {"train": 10})._to_mlflow_entity()
+    entity = dataset_input("cifar10", tmp_path, "0123abcd", {"train": 10}).dataset
     assert (entity.name, entity.digest, entity.source_type) == ("cifar10", "0123abcd", "local")
     assert json.loads(entity.source) == {"uri": str(tmp_path)}
     assert json.loads(entity.profile) == {"splits": {"train": 10}}

@@ -36,8 +36,7 @@ from resnet_mlops.tracking import (
     tracking_uri,
 )
 from resnet_mlops.tracking.connection import HTTP_LIMITS
-from resnet_mlops.tracking.git import GIT_DIRTY_TAG
-from resnet_mlops.tracking.runs import TRUNCATED
+from resnet_mlops.tracking.runs import GIT_DIRTY_TAG, TRUNCATED
 from resnet_mlops.train.curves import plot_training_curves
 from tests.support.mlflow_server import MlflowServer, free_port, mlflow_server, start_mlflow_server
 from tests.support.model_file import assert_logged_classifier, write_model_file
@@ -86,6 +85,16 @@ def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.2)
+
+
+@pytest.fixture
+def hang_guard() -> Iterator[None]:
+    """Fails the test, instead of stalling the suite, if a call waits on a dead server for
+    good: a guard against hanging, not a speed claim (none of its tests is timed)."""
+    signal.signal(signal.SIGALRM, lambda *_: pytest.fail("still waiting after 600 s: a hang"))
+    signal.alarm(600)
+    yield
+    signal.alarm(0)
 
 
 def warnings_from_tracking(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
@@ -245,19 +254,20 @@ def test_resume_continues_the_same_run(tmp_path: Path, caplog: pytest.LogCapture
     assert {r.run_id for r in records} == {run_id} and end.status == "FINISHED"
 
 
+@pytest.mark.usefixtures("hang_guard")
 def test_server_down_at_start_continues_without_tracking(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     uri = f"http://127.0.0.1:{free_port()}"
     history = tmp_path / "history.jsonl"
-    began = time.perf_counter()
     with RunTracker(experiment="e", tracking_uri=uri, history_path=history) as tracker:
         assert tracker.start(PARAMS) is None
         assert not tracker.active
+        # One short attempt per call, not MLflow's minutes of retries: its limits are set.
+        assert {name: os.environ[name] for name in HTTP_LIMITS} == HTTP_LIMITS
         for step in range(3):
             tracker.log_metrics(epoch_metrics(step), step)
         tracker.log_artifact(drawn(tmp_path / "curves.png"), "plots")
-    assert time.perf_counter() - began < 15
     assert warnings_from_tracking(caplog, f"MLflow tracking at {uri} is unavailable")
     assert warnings_from_tracking(caplog, "resnet sync --history")
     assert [r.step for r in read_history(history)[0]] == [0, 1, 2]
@@ -270,11 +280,9 @@ def test_server_down_at_start_continues_without_tracking(
         resumed.log_metrics(epoch_metrics(3), 3)
     assert [(r.step, r.run_id) for r in read_history(history)[0]][-1] == (3, "0123abcd")
 
-    began = time.perf_counter()
     required = RunTracker(experiment="e", tracking_uri=uri, required=True)
     with pytest.raises(TrackingError, match="unavailable"):
         required.start(PARAMS)
-    assert time.perf_counter() - began < 15
 
 
 def test_replay_sends_a_history_once(tmp_path: Path) -> None:
@@ -348,14 +356,11 @@ def test_run_lands_on_the_server(
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("hang_guard")
 def test_outage_mid_run_loses_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")
-    # A hang guard, not a speed claim: a call that waited on the dead server for good fails
-    # the test instead of stalling the suite.
-    signal.signal(signal.SIGALRM, lambda *_: pytest.fail("the tracker hung on a dead server"))
-    signal.alarm(600)
     store = tmp_path / "store"
     server = start_mlflow_server(store)
     history = tmp_path / "history.jsonl"
@@ -387,7 +392,7 @@ def test_outage_mid_run_loses_nothing(
         model_file = write_model_file(tmp_path / "model.pt")
         assert tracker.log_model(model_file) is None
         assert warnings_from_tracking(caplog, "could not log model 'classifier'")
-        tracker.finish()  # returns (a hang would trip the alarm below), without the server
+        tracker.finish()  # returns (a hang would trip the guard), without the server
         assert warnings_from_tracking(caplog, "resnet sync --history")
 
         records, end = read_history(history)  # The history has every value.
@@ -401,6 +406,5 @@ def test_outage_mid_run_loses_nothing(
         assert client.get_run(run_id).info.status == "FINISHED"
         assert_logged_classifier(server.uri, run_id, model_file)  # from mlflow-pending/
     finally:
-        signal.alarm(0)
         tracker.finish()
         server.stop()

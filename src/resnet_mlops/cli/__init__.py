@@ -355,8 +355,8 @@ def import_run_command(
     ] = None,
 ) -> None:
     """Log training runs made without MLflow (e.g. bench/gpu_recipe.py on a lent GPU)."""
+    from resnet_mlops.stages.import_runs import import_grid, import_run
     from resnet_mlops.tracking import tracking_uri
-    from resnet_mlops.tracking.imports import import_grid, import_run
 
     uri = tracking_uri(Path.cwd())
     if grid:

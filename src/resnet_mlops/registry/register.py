@@ -48,7 +48,6 @@ from resnet_mlops.serving.package import (
 )
 from resnet_mlops.tracking import DATA_VERSION_TAG
 from resnet_mlops.tracking.connection import global_tracking_uri
-from resnet_mlops.tracking.git import GIT_DIRTY_TAG
 from resnet_mlops.tracking.lineage import (
     DVC_EXP_TAG,
     FLOW_RUN_ID_TAG,
@@ -58,7 +57,7 @@ from resnet_mlops.tracking.lineage import (
     model_version_description,
 )
 from resnet_mlops.tracking.model import log_classifier, logged_classifier
-from resnet_mlops.tracking.runs import experiment_id
+from resnet_mlops.tracking.runs import GIT_DIRTY_TAG, experiment_id
 
 log = logging.getLogger(__name__)
 

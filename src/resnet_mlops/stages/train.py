@@ -100,14 +100,14 @@ def _log_lineage(tracker: Any, uri: str, dataset: Any) -> None:
     from mlflow import MlflowClient
 
     from resnet_mlops.tracking.connection import short_http_limits
-    from resnet_mlops.tracking.lineage import dataset_input, run_url
+    from resnet_mlops.tracking.lineage import run_url
 
     run_id, url = tracker.run_id, None
     if tracker.active:
         try:
             with short_http_limits():
                 client = MlflowClient(uri)
-                client.log_inputs(run_id, datasets=[dataset_input(dataset)])
+                client.log_inputs(run_id, datasets=[dataset])
                 url = run_url(uri, client.get_run(run_id).info.experiment_id, run_id)
         except Exception as error:  # the run is tracked either way; the input is an extra
             print(f"MLflow run {run_id}: input dataset not logged: {error}", file=sys.stderr)
@@ -239,7 +239,7 @@ class _TrackerSink:
     ) -> None:
         self.settings = (experiment, uri, history, run_name)
         self.params, self.tags, self.version = params, tags, version
-        self.dataset = dataset  # a tracking.lineage.ManifestDataset: the run's input
+        self.dataset = dataset  # tracking.lineage.dataset_input: the run's input
         self.tracker: Any = None
 
     def on_start(self, state: TrainState) -> str | None:
@@ -394,7 +394,7 @@ def _tracker_sink(
     name and its journal in ``out``."""
     from resnet_mlops.tracking.lineage import (
         NOTE_TAG,
-        ManifestDataset,
+        dataset_input,
         env_lineage_tags,
         lock_tags,
         run_description,
@@ -410,7 +410,7 @@ def _tracker_sink(
         **extra_tags,
     }
     tags[NOTE_TAG] = run_description(params.model, dataset, params.schedule, version, tags)
-    inputs = ManifestDataset(dataset, data_dir.resolve(), version, _split_sizes(data_dir))
+    inputs = dataset_input(dataset, data_dir.resolve(), version, _split_sizes(data_dir))
     return _TrackerSink(
         params.experiment,
         uri,

@@ -11,10 +11,8 @@ What the server did not get stays in the journal and ``mlflow-pending/``; ``resn
 """
 
 from resnet_mlops.tracking.connection import default_tracking_uri, tracking_uri
-from resnet_mlops.tracking.env import RUN_TAGS_ENV, env_tags
-from resnet_mlops.tracking.git import git_tags
 from resnet_mlops.tracking.history import MetricRecord, read_history, replay_history
-from resnet_mlops.tracking.runs import TrackingError
+from resnet_mlops.tracking.runs import RUN_TAGS_ENV, TrackingError, env_tags, git_tags
 from resnet_mlops.tracking.tracker import DATA_VERSION_TAG, RunTracker
 
 __all__ = [

@@ -19,9 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mlflow.data.dataset_source_registry import get_dataset_source_from_json
-from mlflow.data.meta_dataset import MetaDataset
-from mlflow.entities import DatasetInput, InputTag
+from mlflow.entities import Dataset, DatasetInput, InputTag
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_GIT_COMMIT, MLFLOW_RUN_NOTE
 
 from resnet_mlops.params.train import ScheduleParams
@@ -116,29 +114,6 @@ def run_description(
     return "\n".join(lines)
 
 
-class ManifestDataset(MetaDataset):
-    """The preprocessed data as MLflow sees it: its name, folder, manifest hash and split sizes.
-
-    ``MetaDataset`` has no profile; the split sizes are what tells two versions apart at a
-    glance in the run's Datasets panel.
-    """
-
-    def __init__(self, name: str, source: Path, digest: str, splits: Mapping[str, int]) -> None:
-        # Resolving the path itself warns that "local" and "file" both match it.
-        local = get_dataset_source_from_json(json.dumps({"uri": str(source)}), "local")
-        super().__init__(local, name=name, digest=digest)
-        self._splits = dict(splits)
-
-    @property
-    def profile(self) -> dict[str, Any]:
-        """The number of images in each split."""
-        return {"splits": self._splits}
-
-    def to_dict(self) -> dict[str, str]:
-        """MetaDataset's fields and the profile, as MLflow stores them."""
-        return {**super().to_dict(), "profile": json.dumps(self.profile)}
-
-
 def model_version_description(
     test_error: float, split: str, decision: str, promoted: bool, run_id: str | None
 ) -> str:
@@ -148,10 +123,15 @@ def model_version_description(
     return f"Test top-1 error {test_error:.2f}% on {split}. {verdict}: {decision}.{run}"
 
 
-def dataset_input(dataset: ManifestDataset, context: str = "train") -> DatasetInput:
-    """What ``MlflowClient.log_inputs`` takes for ``dataset`` (``mlflow.log_input`` needs an
-    active fluent run, which the tracker does not open)."""
-    return DatasetInput(dataset._to_mlflow_entity(), [InputTag(MLFLOW_DATASET_CONTEXT, context)])
+def dataset_input(
+    name: str, source: Path, digest: str, splits: Mapping[str, int], context: str = "train"
+) -> DatasetInput:
+    """The preprocessed data as a run's input, for ``MlflowClient.log_inputs`` (the tracker
+    opens no fluent run for ``mlflow.log_input``): its name, folder and manifest hash, and the
+    split sizes, which tell two versions apart at a glance in the run's Datasets panel."""
+    profile = json.dumps({"splits": dict(splits)})
+    dataset = Dataset(name, digest, "local", json.dumps({"uri": str(source)}), profile=profile)
+    return DatasetInput(dataset, [InputTag(MLFLOW_DATASET_CONTEXT, context)])
 
 
 def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str | None:

@@ -1,30 +1,74 @@
-"""Opening an MLflow run, or re-opening one to resume, with its params and tags."""
+"""Opening an MLflow run, or re-opening one to resume, with its params and tags: those of the
+config, the code version (git) and the environment (``RESNET_RUN_TAGS``)."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from mlflow import MlflowClient
 from mlflow.entities import LifecycleStage, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking.context.registry import resolve_tags
+from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
 from resnet_mlops.errors import UserError
-from resnet_mlops.params.base import flatten
+from resnet_mlops.params.base import ConfigError, flatten
 from resnet_mlops.tracking.connection import local_artifact_location
 from resnet_mlops.tracking.lineage import EXPERIMENT_TAGS
 
 log = logging.getLogger(__name__)
 
 TRUNCATED = "...[truncated, see params.json]"
+GIT_DIRTY_TAG = "git.dirty"
+# Extra run tags handed down through the environment, which reaches the trainer unchanged
+# through `dvc repro` and its fixed command lines: a JSON object of strings, e.g. a grid's
+# {"mlflow.parentRunId": "<id>", "grid": "paper-cifar10"} (MLflow's UI nests the run).
+RUN_TAGS_ENV = "RESNET_RUN_TAGS"
 
 
 class TrackingError(UserError, RuntimeError):
     """Tracking was required (``required=True``) and could not be set up; the message says why."""
+
+
+def env_tags() -> dict[str, str]:
+    """The tags in ``RESNET_RUN_TAGS`` (empty when unset); ConfigError if not JSON strings."""
+    text = os.environ.get(RUN_TAGS_ENV, "").strip()
+    try:
+        tags = json.loads(text) if text else {}
+    except ValueError as error:
+        raise ConfigError(f"{RUN_TAGS_ENV}: not JSON: {error}") from None
+    if not isinstance(tags, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in tags.items()
+    ):
+        raise ConfigError(f"{RUN_TAGS_ENV}: expected a JSON object of string values")
+    return tags
+
+
+def git_tags(root: Path) -> dict[str, str]:
+    """``{"mlflow.source.git.commit": sha, "git.dirty": "true"|"false"}`` for the checkout.
+
+    Untracked files count as dirty: an uncommitted new module changes the code that ran.
+    Outside a checkout, or without git: an empty dict and a warning.
+    """
+    try:
+        commit, status = (
+            subprocess.run(
+                ["git", *args], cwd=root, capture_output=True, text=True, check=True, timeout=60
+            ).stdout.strip()
+            for args in (("rev-parse", "HEAD"), ("status", "--porcelain"))
+        )
+    except (OSError, subprocess.SubprocessError) as error:
+        detail = getattr(error, "stderr", None) or error
+        log.warning("no git commit recorded for %s: %s", root, str(detail).strip())
+        return {}
+    return {MLFLOW_GIT_COMMIT: commit, GIT_DIRTY_TAG: "true" if status else "false"}
 
 
 def param_value(value: Any) -> str:

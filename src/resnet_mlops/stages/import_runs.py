@@ -1,4 +1,5 @@
-"""Log training runs made without MLflow (on a lent GPU machine, say) as MLflow runs.
+"""``resnet import-run``: training runs made without MLflow (on a lent GPU machine, say) as
+MLflow runs. A stage-level module: it combines the model file, the curves and the tracker.
 
 A run folder holds what ``train()`` writes: ``history.json`` (one record per epoch) and
 ``model.pt``. Each becomes a FINISHED run with the same params, tags, metrics, curves and
