@@ -141,7 +141,8 @@ def trained(
         run_evaluation(PARAMS, [], tmp / "model.pt", small_cifar, paths)
     finally:
         os.environ["MLFLOW_TRACKING_URI"] = previous
-    assert not mlflow.tracking._tracking_service.utils._tracking_uri  # nothing left pinned
+    # Nothing left pinned: MLflow's fluent API follows the environment again.
+    assert mlflow.get_tracking_uri() == previous
     return {"model": tmp / "model.pt", "evaluation": tmp / "evaluate.json", "dir": tmp}
 
 
