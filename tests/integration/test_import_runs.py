@@ -84,6 +84,7 @@ def test_a_run_trained_without_mlflow_imports_as_a_run_of_a_grid(
     assert len(grid_runs) == 3  # one parent, two children
 
 
+@pytest.mark.slow  # runs the console script three times (20 s)
 def test_import_run_refuses_what_is_not_a_finished_run(tmp_path: Path) -> None:
     missing = resnet("import-run", str(tmp_path / "nowhere"), cwd=tmp_path)
     assert missing.returncode == 1

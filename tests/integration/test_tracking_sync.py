@@ -152,6 +152,7 @@ def test_replay_without_a_run_start_names_the_journal(tmp_path: Path) -> None:
         read_journal(history)
 
 
+@pytest.mark.slow  # a tracked subprocess, killed mid-run
 def test_a_killed_run_leaves_its_uploads_for_sync_and_nothing_in_tmp(tmp_path: Path) -> None:
     tmp = tmp_path / "tmp"
     tmp.mkdir()
@@ -181,6 +182,7 @@ os.kill(os.getpid(), signal.SIGKILL)
     assert not (history.parent / PENDING_DIR).exists()
 
 
+@pytest.mark.slow  # a subprocess importing MLflow and torch
 def test_warnings_reach_stderr_after_mlflow_pytorch_mutes_the_root_logger() -> None:
     script = """
 import logging, warnings
