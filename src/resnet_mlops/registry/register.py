@@ -56,8 +56,12 @@ from resnet_mlops.tracking.lineage import (
     lock_tags,
     model_version_description,
 )
-from resnet_mlops.tracking.model import log_classifier, logged_classifier
-from resnet_mlops.tracking.runs import GIT_DIRTY_TAG, experiment_id
+from resnet_mlops.tracking.runs import (
+    GIT_DIRTY_TAG,
+    experiment_id,
+    log_classifier,
+    logged_classifier,
+)
 
 log = logging.getLogger(__name__)
 

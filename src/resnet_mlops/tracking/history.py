@@ -2,8 +2,8 @@
 
 MLflow's own asynchronous logging (``log_batch(synchronous=False)``, MLflow 3) drops a batch
 that fails: it logs an error and never retries (tests/integration/test_tracking_sync.py pins
-this to the installed version). So every event is also appended here, one JSON line each, flushed as
-it happens; files the server did not take wait in ``mlflow-pending/`` beside the journal::
+this to the installed version). So every event is also appended here, one JSON line each;
+files the server did not take wait in ``mlflow-pending/`` beside the journal::
 
     {"run_id": null, "experiment": "e", "run_name": "resnet20", "params": {...}, "tags": {...}}
     {"run_id": "3f2a...", "step": 100, "timestamp": 1718000000000, "metrics": {"loss": 2.1}}
@@ -25,11 +25,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
 from resnet_mlops.io import atomic_write_bytes
-from resnet_mlops.tracking.runs import log_params_and_tags, open_run
+from resnet_mlops.tracking.runs import log_classifier, log_params_and_tags, open_run
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ class RunStart:
 
 @dataclasses.dataclass(frozen=True)
 class Upload:
-    """A folder under ``mlflow-pending/`` (relative to the journal) mirroring the run's artifact
+    """A folder of ``mlflow-pending/`` (relative to the journal) mirroring the run's artifact
     tree, or with ``model`` set the classifier's files (``options``: its ``metadata``)."""
 
     folder: str
@@ -87,12 +88,12 @@ _KINDS = {"metrics": MetricRecord, "status": RunEnd, "params": RunStart, "folder
 
 
 def append(path: Path, record: Record) -> None:
-    """Append one record in one ``write`` (not fsync: a crash of the process, not of the
+    """Append one record in one ``write`` (no fsync: a crash of the process, not of the
     machine, is the case guarded against).
 
     Raises:
         OSError: the disk refused it (full, quota), naming the journal, which then ends where
-            it ended before: not in a cut line a later append would bury in the middle.
+            it ended before, not in a cut line a later append would bury in the middle.
     """
     data = memoryview((json.dumps(dataclasses.asdict(record), default=str) + "\n").encode())
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
@@ -103,8 +104,7 @@ def append(path: Path, record: Record) -> None:
     except OSError as error:
         with contextlib.suppress(OSError):
             os.ftruncate(fd, end)
-        # os.write's error names no file: name the journal for the one-line error.
-        raise OSError(error.errno, error.strerror, str(path)) from error
+        raise OSError(error.errno, error.strerror, str(path)) from error  # os.write names none
     finally:
         os.close(fd)
 
@@ -134,6 +134,30 @@ def read_history(path: Path) -> tuple[list[MetricRecord], RunEnd | None]:
     return [r for r in records if isinstance(r, MetricRecord)], ends[-1] if ends else None
 
 
+def holds_unsent(path: Path) -> bool:
+    """Whether a journal names a run never created or files never sent (unreadable counts)."""
+    try:
+        records = read_journal(path)
+    except (OSError, ValueError):
+        return True
+    return any(
+        (isinstance(r, RunStart) and r.run_id is None)
+        or (isinstance(r, Upload) and (path.parent / r.folder).exists())
+        for r in records
+    )
+
+
+def _uploads(path: Path, records: list[Record]) -> list[tuple[Upload, Path]]:
+    """The journal's uploads and their folders; ValueError for one outside ``mlflow-pending/``
+    (sync removes what it sent: only ever one of ours)."""
+    found = [(r, path.parent / r.folder) for r in records if isinstance(r, Upload)]
+    pending = (path.parent / PENDING_DIR).resolve()
+    for record, folder in found:
+        if folder.is_symlink() or folder.resolve().parent != pending:
+            raise ValueError(f"{path}: {record.folder!r} is not in {PENDING_DIR}/")
+    return found
+
+
 @dataclasses.dataclass(frozen=True)
 class Replayed:
     """What :func:`replay_history` sent."""
@@ -158,58 +182,45 @@ def replay_history(
             run id, no run start and no ``run_id``.
         MlflowException: the server could not be reached or refused a request.
     """
-    import mlflow
-
-    from resnet_mlops.tracking.model import log_classifier
-
     records = read_journal(history_file)  # before a client: it may create a store
-    pending = (history_file.parent / PENDING_DIR).resolve()
-    for record in records:  # A folder is removed once sent: only ever one of ours.
-        folder = history_file.parent / record.folder if isinstance(record, Upload) else None
-        if folder and (folder.is_symlink() or folder.resolve().parent != pending):
-            raise ValueError(f"{history_file}: {record.folder!r} is not in {PENDING_DIR}/")  # type: ignore[union-attr]
+    _uploads(history_file, records)
     start = next((r for r in records if isinstance(r, RunStart) and r.run_id is None), None)
-    if run_id is None and any(r.run_id is None for r in records):
-        if start is None:
-            raise ValueError(f"{history_file}: records without a run id; pass a run id")
-        uri = tracking_uri or mlflow.get_tracking_uri()
-        new = {"run_name": start.run_name, "tags": start.tags}
-        created = open_run(MlflowClient(uri), start.experiment, uri, None, **new)[0]
+    if run_id is None and start is None and any(r.run_id is None for r in records):
+        raise ValueError(f"{history_file}: records without a run id; pass a run id")
+    uri = tracking_uri or mlflow.get_tracking_uri()
+    client = MlflowClient(uri)
+    if run_id is None and start is not None:
+        created = open_run(client, start.experiment, uri, None, start.run_name, start.tags)
         lines = [line for line in history_file.read_text().splitlines() if line.strip()]
         lines = [json.loads(line) for line in lines[: len(records)]]  # not a cut last line
         text = "".join(json.dumps({**d, "run_id": d["run_id"] or created}) + "\n" for d in lines)
         atomic_write_bytes(history_file, text.encode())
         records = read_journal(history_file)
-    uri = tracking_uri or mlflow.get_tracking_uri()
-    client = MlflowClient(uri)
     metrics: dict[str, list[Metric]] = {}
+    for r in records:
+        if isinstance(r, RunStart):
+            log_params_and_tags(client, run_id or r.run_id, r.params, r.tags)  # type: ignore[arg-type]
+        elif isinstance(r, MetricRecord):
+            metrics.setdefault(run_id or r.run_id, []).extend(r.to_mlflow())  # type: ignore[arg-type]
+    for run, values in metrics.items():
+        client.log_batch(run, metrics=values)
     uploads = models = 0
-    for record in records:
-        target = run_id or record.run_id
-        assert target is not None
-        if isinstance(record, RunStart):
-            log_params_and_tags(client, target, record.params, record.tags)
-        elif isinstance(record, MetricRecord):
-            metrics.setdefault(target, []).extend(record.to_mlflow())
-    for target, values in metrics.items():
-        client.log_batch(target, metrics=values)
-    for record in records:
-        folder = history_file.parent / record.folder if isinstance(record, Upload) else None
-        if folder is None or not folder.is_dir():
+    for upload, folder in _uploads(history_file, records):
+        if not folder.is_dir():
             continue  # sent already: a folder is removed only after it reached the server
-        target = run_id or record.run_id
-        if record.model is not None:  # type: ignore[union-attr]
-            log_classifier(folder, uri, target, **record.options)  # type: ignore[union-attr, arg-type]
+        if upload.model is not None:
+            log_classifier(folder, uri, run_id or upload.run_id, **upload.options)  # type: ignore[arg-type]
             models += 1
         else:
-            client.log_artifacts(target, str(folder))
+            client.log_artifacts(run_id or upload.run_id, str(folder))  # type: ignore[arg-type]
             uploads += 1
         shutil.rmtree(folder)
+    pending = history_file.parent / PENDING_DIR
     if pending.is_dir() and not any(pending.iterdir()):
         pending.rmdir()
-    ends = [record for record in records if isinstance(record, RunEnd)]
-    end_run = ends and (run_id or ends[-1].run_id)
-    if end_run and client.get_run(end_run).info.status == "RUNNING":
-        client.set_terminated(end_run, status=ends[-1].status, end_time=ends[-1].timestamp)
+    end = next((r for r in reversed(records) if isinstance(r, RunEnd)), None)
+    end_run = end and (run_id or end.run_id)
+    if end and end_run and client.get_run(end_run).info.status == "RUNNING":
+        client.set_terminated(end_run, status=end.status, end_time=end.timestamp)
     run_ids = tuple(sorted({run_id or r.run_id for r in records}))  # type: ignore[type-var]
     return Replayed(run_ids, sum(map(len, metrics.values())), uploads, models)

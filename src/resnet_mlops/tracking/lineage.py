@@ -1,13 +1,8 @@
-"""One lineage key on every run and model version: names, tags, description and input dataset.
-
-A training run and the model version registered from it carry the same keys, so each can be
-found from any of the others: the git commit (``mlflow.source.git.commit``), the data's
-manifest hash (``data.version``), the DVC experiment (``dvc.experiment``: ``DVC_EXP_NAME``,
-which ``dvc exp run`` sets for its stages), the hashes of ``dvc.lock``'s stages
-(``dvc.stage.<stage>.md5``), and the Prefect flow run (``prefect.flow_run_id`` and
-``prefect.flow_run_url``; the flows pass them in ``RESNET_RUN_TAGS``, and a Prefect worker's
-flow-run process has ``PREFECT__FLOW_RUN_ID``). Pure functions: the stages read the
-environment and files and hand them in.
+"""One lineage key on every run and model version, so each can be found from the others: the
+git commit, the data's manifest hash (``data.version``), the DVC experiment (``DVC_EXP_NAME``,
+set by ``dvc exp run``), the hashes of ``dvc.lock``'s stages and the Prefect flow run (passed
+in ``RESNET_RUN_TAGS``; a worker's flow-run process has ``PREFECT__FLOW_RUN_ID``). Pure
+functions: the stages read the environment and files and hand them in.
 """
 
 from __future__ import annotations
@@ -52,32 +47,19 @@ def schedule_label(schedule: ScheduleParams) -> str:
 
 
 def run_name(model: str, schedule: ScheduleParams, short_id: str | None = None) -> str:
-    """A run name that differs at a glance: ``resnet20-64k-it-3f2a``.
-
-    Args:
-        short_id: Four hex digits telling apart runs of one model and schedule; random
-            when None.
-    """
+    """A run name that differs at a glance: ``resnet20-64k-it-<short_id or 4 random hex>``."""
     return f"{model}-{schedule_label(schedule)}-{short_id or uuid.uuid4().hex[:4]}"
 
 
 def env_lineage_tags(env: Mapping[str, str]) -> dict[str, str]:
     """The DVC experiment and the Prefect flow run named in the environment ``env``."""
-    tags = {}
-    if env.get(DVC_EXP_ENV):
-        tags[DVC_EXP_TAG] = env[DVC_EXP_ENV]
-    if env.get(PREFECT_FLOW_RUN_ENV):
-        tags[FLOW_RUN_ID_TAG] = env[PREFECT_FLOW_RUN_ENV]
-    return tags
+    names = {DVC_EXP_ENV: DVC_EXP_TAG, PREFECT_FLOW_RUN_ENV: FLOW_RUN_ID_TAG}
+    return {tag: env[name] for name, tag in names.items() if env.get(name)}
 
 
 def stage_hash(lock: Mapping[str, Any], stage: str) -> str | None:
-    """An md5 over the hashes ``dvc.lock`` records for ``stage``'s deps and outs; None when the
-    lock has no such stage.
-
-    ``lock`` is the parsed ``dvc.lock``. The hash changes exactly when DVC would consider the
-    stage's inputs or results changed (params aside: they are in the run's params).
-    """
+    """An md5 over the hashes the parsed ``dvc.lock`` records for ``stage``'s deps and outs
+    (None without the stage): it changes exactly when DVC would rerun the stage, params aside."""
     entry = (lock.get("stages") or {}).get(stage)
     if not isinstance(entry, Mapping):
         return None

@@ -1,5 +1,6 @@
-"""Opening an MLflow run, or re-opening one to resume, with its params and tags: those of the
-config, the code version (git) and the environment (``RESNET_RUN_TAGS``)."""
+"""Opening an MLflow run, or re-opening one to resume, with its params and tags (the config's,
+git's, ``RESNET_RUN_TAGS``'), and its one logged model: the pyfunc classifier of
+:mod:`resnet_mlops.serving`."""
 
 from __future__ import annotations
 
@@ -12,15 +13,22 @@ from pathlib import Path
 from typing import Any
 
 from mlflow import MlflowClient
-from mlflow.entities import LifecycleStage, Param, RunTag
+from mlflow.entities import LifecycleStage, LoggedModelStatus, Param, RunTag
 from mlflow.exceptions import MlflowException
+from mlflow.models import Model
 from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
 from resnet_mlops.errors import UserError
 from resnet_mlops.params.base import ConfigError, flatten
-from resnet_mlops.tracking.connection import local_artifact_location
+from resnet_mlops.serving.package import (
+    ARTIFACT_NAME,
+    MODEL_SHA256_TAG,
+    ModelFiles,
+    pyfunc_arguments,
+)
+from resnet_mlops.tracking.connection import global_tracking_uri, local_artifact_location
 from resnet_mlops.tracking.lineage import EXPERIMENT_TAGS
 
 log = logging.getLogger(__name__)
@@ -100,11 +108,16 @@ def experiment_id(client: MlflowClient, name: str, tracking_uri: str) -> str:
 
 
 def open_run(
-    client: MlflowClient, experiment: str, uri: str, run_id: str | None, **new: Any
-) -> tuple[str, Mapping[str, str], Mapping[str, str]]:
-    """Re-open run ``run_id`` (RUNNING again; TrackingError if deleted), or create one when it
-    is None or unknown (``new``: ``run_name``, ``tags``, plus ``mlflow.start_run``'s context
-    tags); returns the run id, and the params and tags the run already has."""
+    client: MlflowClient,
+    experiment: str,
+    uri: str,
+    run_id: str | None,
+    run_name: str | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> str:
+    """Re-open run ``run_id`` (RUNNING again; TrackingError if deleted), or create one named
+    ``run_name`` with ``tags`` (and ``mlflow.start_run``'s context tags) when it is None or
+    unknown; returns the run id."""
     if run_id is not None:
         try:
             run = client.get_run(run_id)
@@ -117,11 +130,10 @@ def open_run(
                 raise TrackingError(f"MLflow run {run_id} is deleted")
             if run.info.status != "RUNNING":
                 client.update_run(run_id, status="RUNNING")
-            return run_id, run.data.params, run.data.tags
-    tags = resolve_tags(new.get("tags") or {})
-    experiment = experiment_id(client, experiment, uri)
-    run = client.create_run(experiment, run_name=new.get("run_name"), tags=tags)
-    return run.info.run_id, {}, run.data.tags
+            return run_id
+    tags = resolve_tags(tags or {})
+    run = client.create_run(experiment_id(client, experiment, uri), run_name=run_name, tags=tags)
+    return run.info.run_id
 
 
 def log_params_and_tags(
@@ -148,3 +160,35 @@ def log_params_and_tags(
         params=[Param(k, v) for k, v in new_params.items() if k not in data.params],
         tags=[RunTag(k, v) for k, v in new_tags.items() if k not in data.tags],
     )
+
+
+def logged_classifier(client: MlflowClient, run_id: str, sha256: str) -> str | None:
+    """``models:/<id>`` of the run's classifier holding the ``model.pt`` with ``sha256``, if
+    it logged one completely."""
+    experiment = client.get_run(run_id).info.experiment_id
+    query = f"source_run_id = '{run_id}' AND tags.`{MODEL_SHA256_TAG}` = '{sha256}'"
+    found = client.search_logged_models([experiment], query)
+    return next((m.model_uri for m in found if m.status == LoggedModelStatus.READY), None)
+
+
+def log_classifier(folder: Path, tracking_uri: str, run_id: str, metadata: dict[str, str]) -> str:
+    """Log the files in ``folder`` (:class:`~resnet_mlops.serving.package.ModelFiles`) as the
+    run's classifier, unless it has it already; returns its ``models:/<id>``.
+
+    ``metadata`` is :func:`~resnet_mlops.serving.package.model_summary`. The logged model is
+    created here, in the run's experiment: ``Model.log`` would file it under the active one.
+    """
+    client = MlflowClient(tracking_uri)
+    sha256 = metadata[MODEL_SHA256_TAG]
+    if (uri := logged_classifier(client, run_id, sha256)) is not None:
+        return uri
+    experiment = client.get_run(run_id).info.experiment_id
+    model = client.create_logged_model(
+        experiment, ARTIFACT_NAME, run_id, {MODEL_SHA256_TAG: sha256}
+    )
+    arguments = pyfunc_arguments(ModelFiles.read(folder), {"resnet_mlops": metadata})
+    with global_tracking_uri(tracking_uri):  # Model.log has no URI argument
+        info = Model.log(
+            None, name=ARTIFACT_NAME, run_id=run_id, model_id=model.model_id, **arguments
+        )
+    return info.model_uri

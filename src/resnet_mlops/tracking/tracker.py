@@ -25,10 +25,10 @@ from resnet_mlops.io import OUTPUT_ERRNOS, sha256_file
 from resnet_mlops.params.base import flatten
 from resnet_mlops.serving.package import ARTIFACT_NAME, model_summary, write_model_files
 from resnet_mlops.tracking import history as journal
+from resnet_mlops.tracking import runs
 from resnet_mlops.tracking.connection import describe, is_permanent, short_http_limits
 from resnet_mlops.tracking.history import PENDING_DIR, MetricRecord, RunEnd, RunStart, Upload
-from resnet_mlops.tracking.model import log_classifier
-from resnet_mlops.tracking.runs import TrackingError, log_params_and_tags, open_run
+from resnet_mlops.tracking.runs import TrackingError
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +41,9 @@ class RunTracker:
 
     Metrics go to the journal (``history_path``) and, with MLflow's asynchronous
     ``log_batch``, to the server; files and the model are sent when logged, and kept in
-    ``mlflow-pending/`` beside the journal when the server does not take them. What the server
-    lacks at :meth:`finish` is named in one warning with the ``resnet sync`` command that sends
-    it. As a context manager: FINISHED, FAILED on an exception, KILLED on Ctrl-C.
+    ``mlflow-pending/`` when the server does not take them. :meth:`finish` names in one warning
+    what the server lacks, with the ``resnet sync`` command that sends it. As a context
+    manager: FINISHED, FAILED on an exception, KILLED on Ctrl-C.
 
     Args:
         experiment: The MLflow experiment, created if missing.
@@ -57,8 +57,7 @@ class RunTracker:
             rewrites it, keeping aside one the server never fully got.
     """
 
-    # How long finish() waits for metrics in flight.
-    flush_timeout_s = 30.0
+    flush_timeout_s = 30.0  # how long finish() waits for metrics in flight
 
     def __init__(
         self,
@@ -107,8 +106,8 @@ class RunTracker:
         ``params.json``; a resumed run keeps its own, with a warning), tags and data version.
 
         Returns:
-            The run id (kept on resume even when the server is down), or None when disabled
-            or no run could be created.
+            The run id (kept on resume even when the server is down), or None when no run
+            could be created.
 
         Raises:
             TrackingError: ``required`` and the run could not be opened.
@@ -120,11 +119,10 @@ class RunTracker:
         all_tags = {**(tags or {}), **({DATA_VERSION_TAG: data_version} if data_version else {})}
         try:
             client = MlflowClient(self.tracking_uri)
-            new = {"run_name": self.run_name, "tags": all_tags}
-            self.run_id = open_run(client, self.experiment, self.tracking_uri, self.run_id, **new)[
-                0
-            ]
-            log_params_and_tags(client, self.run_id, params, all_tags)
+            self.run_id = runs.open_run(
+                client, self.experiment, self.tracking_uri, self.run_id, self.run_name, all_tags
+            )
+            runs.log_params_and_tags(client, self.run_id, params, all_tags)
             self._client = client
         except Exception as error:
             self._unavailable(error)
@@ -146,53 +144,49 @@ class RunTracker:
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         """Journal metric values for a step and queue them for MLflow; returns at once."""
-        if not self._started():
-            return
+        self._check_started()
         values = {key: float(value) for key, value in metrics.items()}
         record = MetricRecord(int(step), int(time.time() * 1000), values, self.run_id)
         if self.history_path is not None:
             journal.append(self.history_path, record)
-        if self._client is not None:
-            batch = record.to_mlflow()
-            first = self._monitor_pending
-            with contextlib.suppress(Exception):  # the journal has them
-                if first:  # stored before the monitor starts (see start())
-                    self._client.log_batch(self.run_id, metrics=batch)  # type: ignore[arg-type]
-                else:
-                    ops = self._client.log_batch(self.run_id, metrics=batch, synchronous=False)  # type: ignore[arg-type]
-                    self._sent.append((ops, batch))
-            if first:
-                self._monitor_pending = False
-                self._start_monitor()
+        if self._client is None:
+            return
+        batch = record.to_mlflow()
+        with contextlib.suppress(Exception):  # the journal has them
+            if self._monitor_pending:  # stored before the monitor starts (see start())
+                self._client.log_batch(self.run_id, metrics=batch)  # type: ignore[arg-type]
+            else:
+                ops = self._client.log_batch(self.run_id, metrics=batch, synchronous=False)  # type: ignore[arg-type]
+                self._sent.append((ops, batch))
+        if self._monitor_pending:
+            self._monitor_pending = False
+            try:  # imported here: it needs psutil
+                from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-    def _start_monitor(self) -> None:
-        try:
-            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
-            self._monitor = SystemMetricsMonitor(
-                self.run_id, resume_logging=self._resuming, tracking_uri=self.tracking_uri
-            )
-            self._monitor.start()
-        except Exception as error:  # psutil missing, or the server gone again.
-            log.warning("no system metrics for run %s: %s", self.run_id, error)
+                self._monitor = SystemMetricsMonitor(
+                    self.run_id, resume_logging=self._resuming, tracking_uri=self.tracking_uri
+                )
+                self._monitor.start()
+            except Exception as error:  # psutil missing, or the server gone again.
+                log.warning("no system metrics for run %s: %s", self.run_id, error)
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         """Upload a file (as ``artifact_path/<name>``) or a folder's contents (under
         ``artifact_path``); kept in ``mlflow-pending/`` when the server does not take it."""
-        if not self._started():
-            return
-        label = f"{artifact_path or '.'}/" if path.is_dir() else path.name
-        label = f"{artifact_path}/{label}" if artifact_path and not path.is_dir() else label
+        self._check_started()
+        is_dir = path.is_dir()
+        label = f"{artifact_path or '.'}/" if is_dir else f"{artifact_path}/{path.name}"
+        label = label if is_dir or artifact_path else path.name
 
         def copy(folder: Path) -> None:
             target = folder / artifact_path if artifact_path else folder
-            if path.is_dir():
+            if is_dir:
                 shutil.copytree(path, target, dirs_exist_ok=True)
             else:
                 target.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(path, target)
 
-        method = "log_artifacts" if path.is_dir() else "log_artifact"
+        method = "log_artifacts" if is_dir else "log_artifact"
         self._send(label, copy, lambda c: getattr(c, method)(self.run_id, str(path), artifact_path))
 
     def log_model(self, model_path: Path) -> str | None:
@@ -203,20 +197,21 @@ class RunTracker:
         Raises:
             TrackingError: ``required`` and the server could not be reached.
         """
-        if not self._started() or (self._client is None and self.history_path is None):
+        self._check_started()
+        if self._client is None and self.history_path is None:
             return None
         model, meta = load_model(model_path)
         metadata = model_summary(meta, sha256_file(model_path))
         label = f"model {ARTIFACT_NAME!r}"
+        write = functools.partial(write_model_files, model, meta, model_path)
         with tempfile.TemporaryDirectory(prefix="resnet-model-") as tmp:
-            write = functools.partial(write_model_files, model, meta, model_path)
-            kept = self._keep(label, write, ARTIFACT_NAME, {"metadata": metadata})
+            kept = self._keep(label, write, model=ARTIFACT_NAME, options={"metadata": metadata})
             folder = kept or Path(tmp)
             if kept is None:
                 write(folder)
             try:
                 if self.active:
-                    uri = log_classifier(folder, self.tracking_uri, self.run_id, metadata)  # type: ignore[arg-type]
+                    uri = runs.log_classifier(folder, self.tracking_uri, self.run_id, metadata)  # type: ignore[arg-type]
                     if kept is not None:
                         shutil.rmtree(kept)
                         with contextlib.suppress(OSError):  # the last one out
@@ -225,10 +220,10 @@ class RunTracker:
             except Exception as error:
                 if is_permanent(error):
                     raise
-                message = f"could not log {label} to {self.tracking_uri}: "
+                message = f"could not log {label} to {self.tracking_uri}: {describe(error)}"
                 if self.required:
-                    raise TrackingError(message + describe(error)) from error
-                log.warning("%s%s", message, describe(error))
+                    raise TrackingError(message) from error
+                log.warning("%s", message)
         if kept is not None:
             self._kept.append(label)
         return None
@@ -257,23 +252,26 @@ class RunTracker:
             if self._client is not None:
                 self._client.set_terminated(self.run_id, status=status, end_time=end.timestamp)  # type: ignore[arg-type]
                 ended = True
-        missing = [f"{unsent} metric values"] if unsent else []
-        if self._client is None:
-            missing = ["the run's params", f"{unsent} metric values"]
+        missing = [] if self._client else ["the run's params"]
+        missing += [f"{unsent} metric values"] if unsent or self._client is None else []
         missing += self._kept + ([] if ended else [f"the run's end ({status})"])
         if missing:
             listed = ", ".join(missing[:-1]) + " and " + missing[-1] if missing[1:] else missing[0]
-            self._warn(f"{listed} did not reach MLflow at {self.tracking_uri}", "they are")
+            self._warn(f"{listed} did not reach MLflow at {self.tracking_uri}")
         if journal_error is not None and not ended:
             log.warning("the run's end (%s) is not in %s either", status, journal_error)
-        self._remove_empty_journal()
+        if self.history_path is not None and not self._resuming:
+            # A journal this run created and could not write to (a full disk from the start)
+            # holds nothing; left behind, it would look like a run's record.
+            with contextlib.suppress(OSError):
+                if self.history_path.stat().st_size == 0:
+                    self.history_path.unlink()
         self._scope.close()
         self._state = "finished"
 
-    def _started(self) -> bool:
+    def _check_started(self) -> None:
         if self._state != "started":
             raise RuntimeError(f"RunTracker is {self._state}; call start() first, finish() last")
-        return True
 
     def _send(self, label: str, write: Callable[[Path], Any], upload: Callable[..., Any]) -> None:
         """``upload(client)`` now; if the server does not take it, keep it (:meth:`_keep`)."""
@@ -286,15 +284,9 @@ class RunTracker:
         if self._keep(label, write) is not None:
             self._kept.append(label)
 
-    def _keep(
-        self,
-        label: str,
-        write: Callable[[Path], Any],
-        model: str | None = None,
-        options: Mapping[str, Any] | None = None,
-    ) -> Path | None:
-        """``write`` the files into a new folder of ``mlflow-pending/`` and journal it, for
-        ``resnet sync``; the folder, or None without a journal."""
+    def _keep(self, label: str, write: Callable[[Path], Any], **model: Any) -> Path | None:
+        """``write`` the files into a new folder of ``mlflow-pending/`` and journal it (as an
+        :class:`Upload` with ``model``'s fields), for ``resnet sync``; None without a journal."""
         if self.history_path is None:
             return None
         pending = self.history_path.parent / PENDING_DIR
@@ -308,7 +300,7 @@ class RunTracker:
                 raise
             raise OSError(error.errno, error.strerror, str(pending)) from error
         relative = folder.relative_to(self.history_path.parent).as_posix()
-        journal.append(self.history_path, Upload(relative, model, options or {}, self.run_id))
+        journal.append(self.history_path, Upload(relative, **model, run_id=self.run_id))
         return folder
 
     def _flush(self) -> int:
@@ -342,11 +334,7 @@ class RunTracker:
             self._scope.close()
             self._state = "finished"
             raise TrackingError(message) from error
-        if self.history_path is None:
-            log.warning("%s. Training goes on without tracking", message)
-        else:
-            what = "the run (params, metrics, plots, model) is"
-            self._warn(f"{message}. Training goes on; {what}", "", "can be sent later with")
+        self._warn(f"{message}. Training goes on; the run (params, metrics, plots, model)")
 
     def _open_journal(self) -> None:
         path = self.history_path
@@ -355,7 +343,7 @@ class RunTracker:
         path.parent.mkdir(parents=True, exist_ok=True)
         if self._resuming:
             return
-        if path.exists() and _holds_unsent(path):  # a new run rewrites it: keep this aside
+        if path.exists() and journal.holds_unsent(path):  # a new run rewrites it: keep this
             kept = path.with_suffix(f".{time.time_ns() // 1_000_000}.jsonl")
             os.replace(path, kept)
             log.warning(
@@ -364,22 +352,12 @@ class RunTracker:
             )
         path.write_text("", encoding="utf-8")
 
-    def _remove_empty_journal(self) -> None:
-        """A journal this run created and could not write one line to (a full disk from the
-        start) holds nothing; left behind, it would look like a run's record."""
-        if self.history_path is None or self._resuming:
-            return
-        with contextlib.suppress(OSError):
-            if self.history_path.stat().st_size == 0:
-                self.history_path.unlink()
-
-    def _warn(self, message: str, they: str, send: str = "send them with") -> None:
+    def _warn(self, message: str) -> None:
         if self.history_path is None:
-            log.warning("%s, and no history_path was given to keep them", message)
+            log.warning("%s; nothing keeps it (no history_path was given)", message)
             return
         where = f"{self.history_path} and {self.history_path.parent / PENDING_DIR}"
-        joint = f"; {they} kept in" if they else " kept in"
-        log.warning("%s%s %s; %s: %s", message, joint, where, send, self._sync_command())
+        log.warning("%s: kept in %s; send with: %s", message, where, self._sync_command())
 
     def _sync_command(self, history: Path | None = None) -> str:
         uri, path = shlex.quote(self.tracking_uri), shlex.quote(str(history or self.history_path))
@@ -392,16 +370,3 @@ def _within(call: Callable[[], Any], timeout: float) -> bool:
     thread.start()
     thread.join(timeout)
     return not thread.is_alive()
-
-
-def _holds_unsent(history: Path) -> bool:
-    """Whether a journal names a run never created or files never sent (unreadable counts)."""
-    try:
-        records = journal.read_journal(history)
-    except (OSError, ValueError):
-        return True
-    return any(
-        (isinstance(r, RunStart) and r.run_id is None)
-        or (isinstance(r, Upload) and (history.parent / r.folder).exists())
-        for r in records
-    )
