@@ -16,9 +16,8 @@ from resnet_mlops.project import project_root
 SQLITE_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
 
-# MLflow's own retry settings. Its defaults (7 retries with backoff, 120 s timeout) hold a call
-# for minutes when the server is down; the journal and `resnet sync` are our retry, so one
-# short attempt is enough.
+# MLflow's defaults (7 retries with backoff, 120 s timeout) hold a call for minutes when the
+# server is down; the journal and `resnet sync` are our retry, so one short attempt is enough.
 HTTP_LIMITS: dict[str, str] = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
@@ -33,10 +32,8 @@ _CAUSES = {
 
 
 def default_tracking_uri(root: Path) -> str:
-    """``sqlite:////abs/<root>/mlflow.db``, used when ``MLFLOW_TRACKING_URI`` is unset.
-
-    Absolute, because a DVC experiment may run in a temporary copy of the repository.
-    """
+    """``sqlite:////abs/<root>/mlflow.db`` (absolute: a DVC experiment may run in a temporary
+    copy of the repository), used when ``MLFLOW_TRACKING_URI`` is unset."""
     return f"sqlite:///{(project_root(root) / SQLITE_FILE).as_posix()}"
 
 
@@ -46,10 +43,8 @@ def tracking_uri(root: Path) -> str:
 
 
 def local_artifact_location(tracking_uri: str, experiment: str) -> str | None:
-    """``<db folder>/mlartifacts/<experiment>`` for an embedded SQLite store; None otherwise.
-
-    MLflow would use ``./mlruns``, which for a DVC experiment is a temporary copy.
-    """
+    """``<db folder>/mlartifacts/<experiment>`` for an embedded SQLite store, else None
+    (MLflow would use ``./mlruns``, which for a DVC experiment is a temporary copy)."""
     prefix = "sqlite:///"
     if not tracking_uri.startswith(prefix) or tracking_uri.endswith(":memory:"):
         return None
@@ -72,11 +67,8 @@ def short_http_limits() -> Iterator[None]:
 
 @contextlib.contextmanager
 def global_tracking_uri(uri: str) -> Iterator[None]:
-    """Point MLflow's fluent API (``mlflow.pytorch.log_model`` has no URI argument) at ``uri``.
-
-    ``mlflow.set_tracking_uri`` also exports ``MLFLOW_TRACKING_URI``, so the variable as it
-    was is all there is to restore.
-    """
+    """Point MLflow's fluent API (``Model.log`` has no URI argument) at ``uri`` for the block;
+    ``mlflow.set_tracking_uri`` exports ``MLFLOW_TRACKING_URI``: restoring it is enough."""
     previous = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     try:

@@ -39,16 +39,13 @@ def stage_tag(stage: str) -> str:
     return f"dvc.stage.{stage}.md5"
 
 
-def schedule_label(schedule: ScheduleParams) -> str:
-    """The schedule's length at a glance: ``64k-it`` (64000 iterations), ``90-ep`` (epochs)."""
-    length = schedule.length
-    text = f"{length / 1000:g}k" if length >= 1000 and length % 100 == 0 else str(length)
-    return f"{text}-{'it' if schedule.unit == 'iterations' else 'ep'}"
-
-
 def run_name(model: str, schedule: ScheduleParams, short_id: str | None = None) -> str:
-    """A run name that differs at a glance: ``resnet20-64k-it-<short_id or 4 random hex>``."""
-    return f"{model}-{schedule_label(schedule)}-{short_id or uuid.uuid4().hex[:4]}"
+    """A run name that differs at a glance: ``resnet20-64k-it-<short_id or 4 random hex>``
+    (``64k-it``: 64000 iterations; ``90-ep``: 90 epochs)."""
+    n = schedule.length
+    length = f"{n / 1000:g}k" if n >= 1000 and n % 100 == 0 else str(n)
+    unit = "it" if schedule.unit == "iterations" else "ep"
+    return f"{model}-{length}-{unit}-{short_id or uuid.uuid4().hex[:4]}"
 
 
 def env_lineage_tags(env: Mapping[str, str]) -> dict[str, str]:

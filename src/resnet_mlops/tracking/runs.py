@@ -52,19 +52,14 @@ def env_tags() -> dict[str, str]:
         tags = json.loads(text) if text else {}
     except ValueError as error:
         raise ConfigError(f"{RUN_TAGS_ENV}: not JSON: {error}") from None
-    if not isinstance(tags, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in tags.items()
-    ):
+    if not (isinstance(tags, dict) and all(isinstance(x, str) for kv in tags.items() for x in kv)):
         raise ConfigError(f"{RUN_TAGS_ENV}: expected a JSON object of string values")
     return tags
 
 
 def git_tags(root: Path) -> dict[str, str]:
-    """``{"mlflow.source.git.commit": sha, "git.dirty": "true"|"false"}`` for the checkout.
-
-    Untracked files count as dirty: an uncommitted new module changes the code that ran.
-    Outside a checkout, or without git: an empty dict and a warning.
-    """
+    """``{"mlflow.source.git.commit": sha, "git.dirty": "true"|"false"}`` for the checkout
+    (untracked files count: a new module changes the code); outside one: {} and a warning."""
     try:
         commit, status = (
             subprocess.run(
@@ -139,11 +134,8 @@ def open_run(
 def log_params_and_tags(
     client: MlflowClient, run_id: str, params: Mapping[str, Any], tags: Mapping[str, str]
 ) -> None:
-    """Log the flattened params and the tags that the run does not have yet.
-
-    MLflow params cannot change, so a resumed run keeps the values it started with; values
-    that differ are named in a warning. ``log_batch`` splits them into MLflow-sized requests.
-    """
+    """Log the flattened params and the tags the run does not have yet (MLflow params cannot
+    change: a resumed run keeps its values, and a warning names those that differ)."""
     data = client.get_run(run_id).data
     new_params = {key: param_value(value) for key, value in flatten(params).items()}
     new_tags = {key: str(value) for key, value in tags.items()}
@@ -172,12 +164,9 @@ def logged_classifier(client: MlflowClient, run_id: str, sha256: str) -> str | N
 
 
 def log_classifier(folder: Path, tracking_uri: str, run_id: str, metadata: dict[str, str]) -> str:
-    """Log the files in ``folder`` (:class:`~resnet_mlops.serving.package.ModelFiles`) as the
-    run's classifier, unless it has it already; returns its ``models:/<id>``.
-
-    ``metadata`` is :func:`~resnet_mlops.serving.package.model_summary`. The logged model is
-    created here, in the run's experiment: ``Model.log`` would file it under the active one.
-    """
+    """Log the :class:`~resnet_mlops.serving.package.ModelFiles` in ``folder`` with ``metadata``
+    (``model_summary``) as the run's classifier unless it has it; returns ``models:/<id>``.
+    Created here, in the run's experiment: ``Model.log`` would file it under the active one."""
     client = MlflowClient(tracking_uri)
     sha256 = metadata[MODEL_SHA256_TAG]
     if (uri := logged_classifier(client, run_id, sha256)) is not None:

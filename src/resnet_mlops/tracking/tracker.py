@@ -306,8 +306,8 @@ class RunTracker:
     def _flush(self) -> int:
         """Wait for MLflow's async batches, resend the values of failed ones; count unsent."""
         if self._client is None:
-            records = journal.read_journal(self.history_path) if self.history_path else []
-            return sum(len(r.metrics) for r in records if isinstance(r, MetricRecord))
+            records = journal.read_history(self.history_path)[0] if self.history_path else []
+            return sum(len(r.metrics) for r in records)
         failed: list[Metric] = []
 
         def wait() -> None:
