@@ -106,8 +106,7 @@ class RunTracker:
         ``params.json``; a resumed run keeps its own, with a warning), tags and data version.
 
         Returns:
-            The run id (kept on resume even when the server is down), or None when no run
-            could be created.
+            The run id (kept on resume even when the server is down), or None.
 
         Raises:
             TrackingError: ``required`` and the run could not be opened.
@@ -190,9 +189,11 @@ class RunTracker:
         self._send(label, copy, lambda c: getattr(c, method)(self.run_id, str(path), artifact_path))
 
     def log_model(self, model_path: Path) -> str | None:
-        """Log the trained ``model.pt`` once, after training, as the run's only model: the
-        pyfunc classifier (:mod:`resnet_mlops.serving`), written to ``mlflow-pending/`` first
-        and kept there when the server does not take it. Returns its URI, or None.
+        """Log the trained ``model.pt`` as the run's only model, the pyfunc classifier, written
+        to ``mlflow-pending/`` first and kept there if the server does not take it.
+
+        Returns:
+            Its ``models:/`` URI, or None.
 
         Raises:
             TrackingError: ``required`` and the server could not be reached.
@@ -230,8 +231,7 @@ class RunTracker:
 
     def finish(self, status: str = "FINISHED") -> None:
         """End the run: wait (``flush_timeout_s`` at most) for metrics in flight, resend those
-        MLflow dropped, set ``status`` (FINISHED, FAILED, KILLED), warn about what is missing.
-        """
+        MLflow dropped, set ``status`` (FINISHED, FAILED, KILLED), warn about what is missing."""
         if status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
         if self._state != "started":
@@ -252,12 +252,12 @@ class RunTracker:
             if self._client is not None:
                 self._client.set_terminated(self.run_id, status=status, end_time=end.timestamp)  # type: ignore[arg-type]
                 ended = True
-        missing = [] if self._client else ["the run's params"]
+        missing = [] if self._client is not None else ["the run's params"]
         missing += [f"{unsent} metric values"] if unsent or self._client is None else []
         missing += self._kept + ([] if ended else [f"the run's end ({status})"])
         if missing:
             listed = ", ".join(missing[:-1]) + " and " + missing[-1] if missing[1:] else missing[0]
-            self._warn(f"{listed} did not reach MLflow at {self.tracking_uri}")
+            self._warn(f"{listed} did not reach MLflow at {self.tracking_uri}; they are")
         if journal_error is not None and not ended:
             log.warning("the run's end (%s) is not in %s either", status, journal_error)
         if self.history_path is not None and not self._resuming:
@@ -334,7 +334,7 @@ class RunTracker:
             self._scope.close()
             self._state = "finished"
             raise TrackingError(message) from error
-        self._warn(f"{message}. Training goes on; the run (params, metrics, plots, model)")
+        self._warn(f"{message}; training goes on, and the run (params, metrics, plots, model) is")
 
     def _open_journal(self) -> None:
         path = self.history_path
@@ -353,11 +353,12 @@ class RunTracker:
         path.write_text("", encoding="utf-8")
 
     def _warn(self, message: str) -> None:
+        """``message`` ends with "is"/"are": where it is kept and how to send it follow."""
         if self.history_path is None:
-            log.warning("%s; nothing keeps it (no history_path was given)", message)
+            log.warning("%s not kept: no history_path was given", message)
             return
         where = f"{self.history_path} and {self.history_path.parent / PENDING_DIR}"
-        log.warning("%s: kept in %s; send with: %s", message, where, self._sync_command())
+        log.warning("%s kept in %s; send with: %s", message, where, self._sync_command())
 
     def _sync_command(self, history: Path | None = None) -> str:
         uri, path = shlex.quote(self.tracking_uri), shlex.quote(str(history or self.history_path))
