@@ -23,8 +23,7 @@ from prefect.cache_policies import NO_CACHE
 from pipelines.pipeline import add_run_arguments, resnet_pipeline, run_arguments
 from pipelines.summary import artifact_key, champion_line
 from pipelines.workspace import flow_workspace, run_overrides, validate_params
-from resnet_mlops.tracking import tracking_uri
-from resnet_mlops.tracking.connection import short_http_limits
+from resnet_mlops.mlflow_store import short_http_limits, tracking_uri
 from resnet_mlops.tracking.runs import experiment_id
 
 # The paper's CIFAR-10 comparison (Fig. 6, Table 6): plain against residual at equal depth.

@@ -34,8 +34,7 @@ from pipelines.workspace import (
     validate_params,
     workspace_lock,
 )
-from resnet_mlops.tracking import RUN_TAGS_ENV
-from resnet_mlops.tracking.lineage import DVC_EXP_TAG, FLOW_RUN_ID_TAG, FLOW_RUN_URL_TAG
+from resnet_mlops.lineage import DVC_EXP_TAG, FLOW_RUN_ID_TAG, FLOW_RUN_URL_TAG, RUN_TAGS_ENV
 
 TRAIN_STAGE = "train"
 # torchrun's environment form of --nproc_per_node; `resnet train` honours it.

@@ -16,8 +16,10 @@ from typing import Any
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from resnet_mlops.engine.checkpoint import load_checkpoint
-from resnet_mlops.tracking import tracking_uri  # where the stages record their runs
-from resnet_mlops.tracking.connection import short_http_limits
+from resnet_mlops.mlflow_store import (
+    short_http_limits,
+    tracking_uri,  # where the stages record their runs
+)
 
 MODEL_FILE = Path("models/model.pt")
 METRICS = {

@@ -13,8 +13,7 @@ from pathlib import Path
 
 from pipelines.pipeline import lineage_run_tags
 from pipelines.summary import RunOutcome, summary_markdown
-from resnet_mlops.params.train import ScheduleParams
-from resnet_mlops.tracking.lineage import (
+from resnet_mlops.lineage import (
     DVC_EXP_TAG,
     FLOW_RUN_ID_TAG,
     FLOW_RUN_URL_TAG,
@@ -22,6 +21,7 @@ from resnet_mlops.tracking.lineage import (
     run_name,
     stage_hash,
 )
+from resnet_mlops.params.train import ScheduleParams
 
 
 def schedule(unit: str, length: int) -> ScheduleParams:

@@ -342,10 +342,8 @@ def stage_logs(task_run: Any) -> list[str]:
 def check_lineage(stack: Stack, run: Any, train_run: Any, decision: dict, tasks: list) -> None:
     """One lineage key after the real flow run: from the Prefect flow run, the MLflow run, the
     model version and the DVC experiment, each of the others is one step away."""
-    from resnet_mlops.tracking.lineage import (
+    from resnet_mlops.lineage import (
         DVC_EXP_TAG,
-        EXPERIMENT_KIND,
-        EXPERIMENT_KIND_TAG,
         FLOW_RUN_ID_TAG,
         FLOW_RUN_URL_TAG,
         NOTE_TAG,
@@ -353,6 +351,7 @@ def check_lineage(stack: Stack, run: Any, train_run: Any, decision: dict, tasks:
         stage_hash,
         stage_tag,
     )
+    from resnet_mlops.tracking.runs import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
     from resnet_mlops.train.resume import data_version
 
     workspace, client = stack.workspace, MlflowClient(stack.mlflow.uri)

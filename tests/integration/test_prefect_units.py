@@ -37,7 +37,7 @@ from pipelines.workspace import (
     validate_params,
     write_params,
 )
-from resnet_mlops.tracking import RUN_TAGS_ENV
+from resnet_mlops.lineage import RUN_TAGS_ENV
 from tests.support.project import PARAMS, REPO
 
 

@@ -30,6 +30,8 @@ from PIL import Image
 
 from resnet_mlops.engine.artifact import load_model
 from resnet_mlops.io import describe_outputs
+from resnet_mlops.mlflow_store import default_tracking_uri
+from resnet_mlops.project import project_root
 from resnet_mlops.registry.champion import Standing, decide
 from resnet_mlops.registry.connection import (
     ModelRef,
@@ -40,8 +42,6 @@ from resnet_mlops.registry.register import RegisterParams, RegisterPaths, regist
 from resnet_mlops.registry.scoring import split_version, top1_error
 from resnet_mlops.serving.classifier_model import ImageScorer, decode_image, resize_and_crop
 from resnet_mlops.serving.package import preprocessing_spec
-from resnet_mlops.tracking import default_tracking_uri
-from resnet_mlops.tracking.connection import project_root
 from tests.support.mlflow_server import MlflowServer, free_port, start_mlflow_server
 from tests.support.model_file import run_classifiers, write_model_file
 from tests.support.project import CIFAR_MIRROR, PARAMS

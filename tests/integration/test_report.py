@@ -18,13 +18,13 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from resnet_mlops.cli import app
+from resnet_mlops.lineage import RUN_TAGS_ENV
 from resnet_mlops.models import build_model
 from resnet_mlops.params.base import apply_overrides, read_yaml
 from resnet_mlops.report import ReportError, build_report, log_report
 from resnet_mlops.report.responses import response_layers, response_stds
 from resnet_mlops.stages.evaluate import EvalPaths, run_evaluation
 from resnet_mlops.stages.train import run_training
-from resnet_mlops.tracking import RUN_TAGS_ENV
 from tests.support.project import PARAMS, copy_project
 
 EXPERIMENT = "report-test"

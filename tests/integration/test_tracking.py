@@ -21,22 +21,17 @@ import mlflow.pytorch
 import pytest
 from mlflow import MlflowClient
 
+from resnet_mlops.lineage import DATA_VERSION_TAG, GIT_DIRTY_TAG, RUN_TAGS_ENV, env_tags, git_tags
+from resnet_mlops.mlflow_store import HTTP_LIMITS, default_tracking_uri, tracking_uri
 from resnet_mlops.params.base import ConfigError
 from resnet_mlops.tracking import (
-    DATA_VERSION_TAG,
-    RUN_TAGS_ENV,
     MetricRecord,
     RunTracker,
     TrackingError,
-    default_tracking_uri,
-    env_tags,
-    git_tags,
     read_history,
     replay_history,
-    tracking_uri,
 )
-from resnet_mlops.tracking.connection import HTTP_LIMITS
-from resnet_mlops.tracking.runs import GIT_DIRTY_TAG, TRUNCATED
+from resnet_mlops.tracking.runs import TRUNCATED
 from resnet_mlops.train.curves import plot_training_curves
 from tests.support.mlflow_server import MlflowServer, free_port, mlflow_server, start_mlflow_server
 from tests.support.model_file import assert_logged_classifier, write_model_file
@@ -101,7 +96,7 @@ def warnings_from_tracking(caplog: pytest.LogCaptureFixture, text: str) -> list[
     return [
         r.getMessage()
         for r in caplog.records
-        if r.name.startswith("resnet_mlops.tracking")
+        if r.name.startswith(("resnet_mlops.tracking", "resnet_mlops.lineage"))
         and r.levelno >= logging.WARNING
         and text in r.getMessage()
     ]

@@ -21,13 +21,8 @@ import mlflow.pytorch
 import pytest
 from mlflow import MlflowClient
 
-from resnet_mlops.tracking import (
-    RunTracker,
-    default_tracking_uri,
-    read_history,
-    replay_history,
-)
-from resnet_mlops.tracking.connection import HTTP_LIMITS
+from resnet_mlops.mlflow_store import HTTP_LIMITS, default_tracking_uri
+from resnet_mlops.tracking import RunTracker, read_history, replay_history
 from resnet_mlops.tracking.history import RunStart, Upload, read_journal
 from resnet_mlops.tracking.tracker import PENDING_DIR
 from resnet_mlops.train.curves import plot_training_curves

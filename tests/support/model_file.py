@@ -14,10 +14,10 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from resnet_mlops.engine.artifact import load_model, model_kwargs, save_model
+from resnet_mlops.mlflow_store import global_tracking_uri
 from resnet_mlops.models import build_model
 from resnet_mlops.serving.classifier_model import ImageScorer
 from resnet_mlops.serving.package import ARTIFACT_NAME, preprocessing_spec
-from resnet_mlops.tracking.connection import global_tracking_uri
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 

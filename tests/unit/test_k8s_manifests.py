@@ -135,7 +135,7 @@ def test_the_trainjob_command_is_resnet_train_with_its_own_options() -> None:
     import typer.main
 
     from resnet_mlops.cli import app
-    from resnet_mlops.tracking.runs import RUN_TAGS_ENV as TRACKING_RUN_TAGS_ENV
+    from resnet_mlops.lineage import RUN_TAGS_ENV as TRACKING_RUN_TAGS_ENV
 
     train = typer.main.get_command(app).commands["train"]
     known = {opt for param in train.params for opt in getattr(param, "opts", [])}

@@ -355,8 +355,8 @@ def import_run_command(
     ] = None,
 ) -> None:
     """Log training runs made without MLflow (e.g. bench/gpu_recipe.py on a lent GPU)."""
+    from resnet_mlops.mlflow_store import tracking_uri
     from resnet_mlops.stages.import_runs import import_grid, import_run
-    from resnet_mlops.tracking import tracking_uri
 
     uri = tracking_uri(Path.cwd())
     if grid:
@@ -382,8 +382,8 @@ def sync_command(
     """
     from mlflow.exceptions import MlflowException
 
-    from resnet_mlops.tracking import replay_history, tracking_uri
-    from resnet_mlops.tracking.connection import describe, short_http_limits
+    from resnet_mlops.mlflow_store import describe, short_http_limits, tracking_uri
+    from resnet_mlops.tracking import replay_history
 
     uri = tracking_uri(Path.cwd())
     try:

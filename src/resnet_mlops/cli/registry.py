@@ -21,7 +21,7 @@ def _fail(message: str, code: int = 1) -> NoReturn:
 
 
 def _tracking_uri() -> str:
-    from resnet_mlops.tracking import tracking_uri
+    from resnet_mlops.mlflow_store import tracking_uri
 
     # MLflow draws a progress bar per download; a command line wants its one line of result.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

@@ -14,7 +14,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from resnet_mlops.errors import UserError
-from resnet_mlops.tracking.connection import (
+from resnet_mlops.mlflow_store import (
     SQLITE_FILE,
     default_tracking_uri,
     describe,

@@ -79,7 +79,7 @@ def load_predictor(model: str, tracking_uri: str) -> Predictor:
     if model.startswith("models:/"):
         from mlflow import MlflowClient
 
-        from resnet_mlops.tracking.connection import global_tracking_uri
+        from resnet_mlops.mlflow_store import global_tracking_uri
 
         version = resolve(MlflowClient(tracking_uri), parse_model_uri(model), tracking_uri)
         # The pinned version, not the alias again: it might have moved since.

@@ -28,6 +28,17 @@ from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT
 
 from resnet_mlops.engine.artifact import load_model
 from resnet_mlops.io import check_output_file, sha256_file, write_json_atomic
+from resnet_mlops.lineage import (
+    DATA_VERSION_TAG,
+    DVC_EXP_TAG,
+    FLOW_RUN_ID_TAG,
+    FLOW_RUN_URL_TAG,
+    GIT_DIRTY_TAG,
+    RUN_ID_TAG,
+    lock_tags,
+    model_version_description,
+)
+from resnet_mlops.mlflow_store import global_tracking_uri
 from resnet_mlops.params.register import RegisterParams
 from resnet_mlops.registry.champion import (
     ERROR_TAG,
@@ -46,22 +57,7 @@ from resnet_mlops.serving.package import (
     model_summary,
     write_model_files,
 )
-from resnet_mlops.tracking import DATA_VERSION_TAG
-from resnet_mlops.tracking.connection import global_tracking_uri
-from resnet_mlops.tracking.lineage import (
-    DVC_EXP_TAG,
-    FLOW_RUN_ID_TAG,
-    FLOW_RUN_URL_TAG,
-    RUN_ID_TAG,
-    lock_tags,
-    model_version_description,
-)
-from resnet_mlops.tracking.runs import (
-    GIT_DIRTY_TAG,
-    experiment_id,
-    log_classifier,
-    logged_classifier,
-)
+from resnet_mlops.tracking.runs import experiment_id, log_classifier, logged_classifier
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +114,7 @@ def _read_lock(lock: Path) -> dict[str, Any]:
 def lineage_tags(provenance: dict[str, Any], lock: dict[str, Any]) -> dict[str, str]:
     """The lineage key the training run recorded (DVC experiment, Prefect flow run), its run
     id, and the hashes of the stages ``dvc.lock`` records now (see
-    :mod:`resnet_mlops.tracking.lineage`)."""
+    :mod:`resnet_mlops.lineage`)."""
     keys = (DVC_EXP_TAG, FLOW_RUN_ID_TAG, FLOW_RUN_URL_TAG)
     tags = {key: str(provenance[key]) for key in keys if provenance.get(key)}
     if provenance.get("mlflow_run_id"):

@@ -19,10 +19,10 @@ from torch import nn
 
 from resnet_mlops.data.loaders.cifar_arrays import load_cifar_split, normalization
 from resnet_mlops.engine.artifact import load_model, model_kwargs
+from resnet_mlops.mlflow_store import global_tracking_uri
 from resnet_mlops.models import ResNet, build_model
 from resnet_mlops.report.runs import RunRecord
 from resnet_mlops.serving.package import ARTIFACT_NAME, MODEL_FILE
-from resnet_mlops.tracking.connection import global_tracking_uri
 
 
 def load_run_model(client: MlflowClient, run: RunRecord, tracking_uri: str) -> ResNet | None:

@@ -120,7 +120,8 @@ def log_to_training_run(
     model_path: Path, metrics: dict[str, Any], paths: EvalPaths, params: EvaluateParams
 ) -> None:
     """Add the test metrics and plots to the MLflow run that trained the model, if any."""
-    from resnet_mlops.tracking import RunTracker, tracking_uri
+    from resnet_mlops.mlflow_store import tracking_uri
+    from resnet_mlops.tracking import RunTracker
 
     _, meta = load_model(model_path)
     run_id = meta["provenance"].get("mlflow_run_id")

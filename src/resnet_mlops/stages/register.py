@@ -6,9 +6,9 @@ import os
 from pathlib import Path
 
 from resnet_mlops.io import check_output_file, write_json_atomic
+from resnet_mlops.mlflow_store import tracking_uri
 from resnet_mlops.params import load_params
 from resnet_mlops.registry.register import Decision, RegisterPaths, register
-from resnet_mlops.tracking import tracking_uri
 
 # The champion decision at a glance: the register stage's DVC metrics, its columns in
 # `dvc exp show`. The whole decision (reason, both errors, margin) stays in ``out``.

@@ -7,11 +7,10 @@ from pathlib import Path
 from mlflow.exceptions import MlflowException
 
 from resnet_mlops.io import check_output_file, write_json_atomic
+from resnet_mlops.mlflow_store import describe, short_http_limits, tracking_uri
 from resnet_mlops.params import load_params
 from resnet_mlops.report import Report, ReportError, build_report
 from resnet_mlops.report.build import summary_metrics
-from resnet_mlops.tracking import tracking_uri
-from resnet_mlops.tracking.connection import describe, short_http_limits
 
 
 def run_report(

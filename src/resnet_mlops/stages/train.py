@@ -99,8 +99,8 @@ def _log_lineage(tracker: Any, uri: str, dataset: Any) -> None:
     """Log the input dataset to the open run and say where the run is, on stderr."""
     from mlflow import MlflowClient
 
-    from resnet_mlops.tracking.connection import short_http_limits
-    from resnet_mlops.tracking.lineage import run_url
+    from resnet_mlops.lineage import run_url
+    from resnet_mlops.mlflow_store import short_http_limits
 
     run_id, url = tracker.run_id, None
     if tracker.active:
@@ -119,7 +119,7 @@ def _run_status(uri: str, run_id: str) -> str | None:
     """The MLflow run's status, or None when it cannot be had (unknown run, server down)."""
     from mlflow import MlflowClient
 
-    from resnet_mlops.tracking.connection import short_http_limits
+    from resnet_mlops.mlflow_store import short_http_limits
 
     try:
         with short_http_limits():
@@ -160,7 +160,7 @@ def _end_dead_runs(uri: str, experiment: str, out: Path, keep: str | None) -> No
     """
     from mlflow import MlflowClient
 
-    from resnet_mlops.tracking.connection import short_http_limits
+    from resnet_mlops.mlflow_store import short_http_limits
 
     host, folder = socket.gethostname(), str(out.resolve())
     try:
@@ -194,7 +194,7 @@ def _retag_owner(uri: str, run_id: str | None, owner: dict[str, str]) -> None:
     from mlflow import MlflowClient
     from mlflow.entities import RunTag
 
-    from resnet_mlops.tracking.connection import short_http_limits
+    from resnet_mlops.mlflow_store import short_http_limits
 
     tag_list = [RunTag(key, value) for key, value in owner.items()]
     with contextlib.suppress(Exception), short_http_limits():
@@ -212,7 +212,7 @@ def _end_abandoned_run(checkpoint: Path, uri: str) -> None:
         return
     from mlflow import MlflowClient
 
-    from resnet_mlops.tracking.connection import short_http_limits
+    from resnet_mlops.mlflow_store import short_http_limits
 
     try:
         with short_http_limits():
@@ -239,7 +239,7 @@ class _TrackerSink:
     ) -> None:
         self.settings = (experiment, uri, history, run_name)
         self.params, self.tags, self.version = params, tags, version
-        self.dataset = dataset  # tracking.lineage.dataset_input: the run's input
+        self.dataset = dataset  # lineage.dataset_input: the run's input
         self.tracker: Any = None
 
     def on_start(self, state: TrainState) -> str | None:
@@ -333,7 +333,8 @@ def run_training(
         CheckpointError: a checkpoint that cannot be resumed.
         Interrupted: SIGTERM, or the launcher exited; the checkpoint was saved.
     """
-    from resnet_mlops.tracking import env_tags, git_tags, tracking_uri
+    from resnet_mlops.lineage import env_tags, git_tags
+    from resnet_mlops.mlflow_store import tracking_uri
 
     dataset, train_params, loader_params, tree = load_train_params(params_path, overrides)
     require_device(params_path, "train.device", train_params.device)
@@ -392,7 +393,7 @@ def _tracker_sink(
     """The MLflow side of a run: its tags (``base_tags``, the environment's and the upstream
     stages' lineage, ``extra_tags`` over them, then its description), its input data set, its
     name and its journal in ``out``."""
-    from resnet_mlops.tracking.lineage import (
+    from resnet_mlops.lineage import (
         NOTE_TAG,
         dataset_input,
         env_lineage_tags,

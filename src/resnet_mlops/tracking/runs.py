@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,61 +15,30 @@ from mlflow.entities import LifecycleStage, LoggedModelStatus, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 from mlflow.tracking.context.registry import resolve_tags
-from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
 from resnet_mlops.errors import UserError
-from resnet_mlops.params.base import ConfigError, flatten
+from resnet_mlops.mlflow_store import global_tracking_uri, local_artifact_location
+from resnet_mlops.params.base import flatten
 from resnet_mlops.serving.package import (
     ARTIFACT_NAME,
     MODEL_SHA256_TAG,
     ModelFiles,
     pyfunc_arguments,
 )
-from resnet_mlops.tracking.connection import global_tracking_uri, local_artifact_location
-from resnet_mlops.tracking.lineage import EXPERIMENT_TAGS
 
 log = logging.getLogger(__name__)
 
 TRUNCATED = "...[truncated, see params.json]"
-GIT_DIRTY_TAG = "git.dirty"
-# Extra run tags handed down through the environment, which reaches the trainer unchanged
-# through `dvc repro` and its fixed command lines: a JSON object of strings, e.g. a grid's
-# {"mlflow.parentRunId": "<id>", "grid": "paper-cifar10"} (MLflow's UI nests the run).
-RUN_TAGS_ENV = "RESNET_RUN_TAGS"
+# MLflow 3 opens an experiment on its GenAI overview unless this tag says it holds model
+# training runs (the UI reads the tag; "custom_model_development" shows the runs table).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+EXPERIMENT_TAGS = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
 
 
 class TrackingError(UserError, RuntimeError):
     """Tracking was required (``required=True``) and could not be set up; the message says why."""
-
-
-def env_tags() -> dict[str, str]:
-    """The tags in ``RESNET_RUN_TAGS`` (empty when unset); ConfigError if not JSON strings."""
-    text = os.environ.get(RUN_TAGS_ENV, "").strip()
-    try:
-        tags = json.loads(text) if text else {}
-    except ValueError as error:
-        raise ConfigError(f"{RUN_TAGS_ENV}: not JSON: {error}") from None
-    if not (isinstance(tags, dict) and all(isinstance(x, str) for kv in tags.items() for x in kv)):
-        raise ConfigError(f"{RUN_TAGS_ENV}: expected a JSON object of string values")
-    return tags
-
-
-def git_tags(root: Path) -> dict[str, str]:
-    """``{"mlflow.source.git.commit": sha, "git.dirty": "true"|"false"}`` for the checkout
-    (untracked files count: a new module changes the code); outside one: {} and a warning."""
-    try:
-        commit, status = (
-            subprocess.run(
-                ["git", *args], cwd=root, capture_output=True, text=True, check=True, timeout=60
-            ).stdout.strip()
-            for args in (("rev-parse", "HEAD"), ("status", "--porcelain"))
-        )
-    except (OSError, subprocess.SubprocessError) as error:
-        detail = getattr(error, "stderr", None) or error
-        log.warning("no git commit recorded for %s: %s", root, str(detail).strip())
-        return {}
-    return {MLFLOW_GIT_COMMIT: commit, GIT_DIRTY_TAG: "true" if status else "false"}
 
 
 def param_value(value: Any) -> str:
@@ -84,7 +51,7 @@ def param_value(value: Any) -> str:
 
 def experiment_id(client: MlflowClient, name: str, tracking_uri: str) -> str:
     """The id of experiment ``name``, created if missing (as a model-training experiment:
-    :data:`~resnet_mlops.tracking.lineage.EXPERIMENT_TAGS`); TrackingError if it is deleted."""
+    :data:`EXPERIMENT_TAGS`); TrackingError if it is deleted."""
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         location = local_artifact_location(tracking_uri, name)

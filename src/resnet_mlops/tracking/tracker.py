@@ -22,32 +22,32 @@ from mlflow.entities import Metric
 
 from resnet_mlops.engine.artifact import load_model
 from resnet_mlops.io import OUTPUT_ERRNOS, sha256_file
+from resnet_mlops.lineage import DATA_VERSION_TAG
+from resnet_mlops.mlflow_store import describe, is_permanent, short_http_limits
 from resnet_mlops.params.base import flatten
 from resnet_mlops.serving.package import ARTIFACT_NAME, model_summary, write_model_files
 from resnet_mlops.tracking import history as journal
 from resnet_mlops.tracking import runs
-from resnet_mlops.tracking.connection import describe, is_permanent, short_http_limits
 from resnet_mlops.tracking.history import PENDING_DIR, MetricRecord, RunEnd, RunStart, Upload
 from resnet_mlops.tracking.runs import TrackingError
 
 log = logging.getLogger(__name__)
 
-DATA_VERSION_TAG = "data.version"
 STATUSES = ("FINISHED", "FAILED", "KILLED")
 
 
 class RunTracker:
     """Records a training run in MLflow without holding up, or stopping, the training.
 
-    Metrics go to the journal (``history_path``) and, with MLflow's asynchronous
-    ``log_batch``, to the server; files and the model are sent when logged, and kept in
-    ``mlflow-pending/`` when the server does not take them. :meth:`finish` names in one warning
-    what the server lacks, with the ``resnet sync`` command that sends it. As a context
-    manager: FINISHED, FAILED on an exception, KILLED on Ctrl-C.
+    Metrics go to the journal (``history_path``) and, with MLflow's asynchronous ``log_batch``,
+    to the server; files and the model are sent when logged and kept in ``mlflow-pending/``
+    when the server does not take them. :meth:`finish` names in one warning what the server
+    lacks and the ``resnet sync`` command that sends it. As a context manager the run ends
+    FINISHED, FAILED on an exception, KILLED on Ctrl-C.
 
     Args:
         experiment: The MLflow experiment, created if missing.
-        tracking_uri: Where runs go (decided by the entry point).
+        tracking_uri: Where runs go.
         run_name: A display name for a new run.
         run_id: Continue this run (a resumed training) instead of creating one.
         required: An unreachable server at :meth:`start` or :meth:`log_model` is an error.
@@ -102,8 +102,8 @@ class RunTracker:
         *,
         data_version: str | None = None,
     ) -> str | None:
-        """Open (or re-open) the run and log the params (flattened, and whole as
-        ``params.json``; a resumed run keeps its own, with a warning), tags and data version.
+        """Open (or re-open) the run; log the params (flattened, and whole as ``params.json``;
+        a resumed run keeps its own, with a warning), the tags and ``data_version``.
 
         Returns:
             The run id (kept on resume even when the server is down), or None.
@@ -150,14 +150,13 @@ class RunTracker:
             journal.append(self.history_path, record)
         if self._client is None:
             return
-        batch = record.to_mlflow()
+        batch, first = record.to_mlflow(), self._monitor_pending
         with contextlib.suppress(Exception):  # the journal has them
-            if self._monitor_pending:  # stored before the monitor starts (see start())
-                self._client.log_batch(self.run_id, metrics=batch)  # type: ignore[arg-type]
-            else:
-                ops = self._client.log_batch(self.run_id, metrics=batch, synchronous=False)  # type: ignore[arg-type]
+            # The first batch is stored before the monitor starts (see start()).
+            ops = self._client.log_batch(self.run_id, metrics=batch, synchronous=first)  # type: ignore[arg-type]
+            if not first:
                 self._sent.append((ops, batch))
-        if self._monitor_pending:
+        if first:
             self._monitor_pending = False
             try:  # imported here: it needs psutil
                 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
@@ -174,8 +173,8 @@ class RunTracker:
         ``artifact_path``); kept in ``mlflow-pending/`` when the server does not take it."""
         self._check_started()
         is_dir = path.is_dir()
-        label = f"{artifact_path or '.'}/" if is_dir else f"{artifact_path}/{path.name}"
-        label = label if is_dir or artifact_path else path.name
+        name = f"{artifact_path}/{path.name}" if artifact_path else path.name
+        label = f"{artifact_path or '.'}/" if is_dir else name
 
         def copy(folder: Path) -> None:
             target = folder / artifact_path if artifact_path else folder
@@ -189,11 +188,9 @@ class RunTracker:
         self._send(label, copy, lambda c: getattr(c, method)(self.run_id, str(path), artifact_path))
 
     def log_model(self, model_path: Path) -> str | None:
-        """Log the trained ``model.pt`` as the run's only model, the pyfunc classifier, written
-        to ``mlflow-pending/`` first and kept there if the server does not take it.
-
-        Returns:
-            Its ``models:/`` URI, or None.
+        """Log ``model.pt`` as the run's only model, the pyfunc classifier, written to
+        ``mlflow-pending/`` first (a kill mid-upload loses nothing) and kept there if the
+        server does not take it. Returns its ``models:/`` URI, or None.
 
         Raises:
             TrackingError: ``required`` and the server could not be reached.
@@ -285,8 +282,8 @@ class RunTracker:
             self._kept.append(label)
 
     def _keep(self, label: str, write: Callable[[Path], Any], **model: Any) -> Path | None:
-        """``write`` the files into a new folder of ``mlflow-pending/`` and journal it (as an
-        :class:`Upload` with ``model``'s fields), for ``resnet sync``; None without a journal."""
+        """``write`` the files into a new folder of ``mlflow-pending/`` and journal it (an
+        :class:`Upload` with ``model``'s fields) for ``resnet sync``; None without a journal."""
         if self.history_path is None:
             return None
         pending = self.history_path.parent / PENDING_DIR

@@ -26,6 +26,8 @@ TRAIN_CODE = (
     "__init__.py",
     "errors.py",
     "io.py",
+    "lineage.py",
+    "mlflow_store.py",
     "project.py",
     "params",
     "models/__init__.py",

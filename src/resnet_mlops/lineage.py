@@ -1,14 +1,18 @@
-"""One lineage key on every run and model version, so each can be found from the others: the
-git commit, the data's manifest hash (``data.version``), the DVC experiment (``DVC_EXP_NAME``,
+"""One lineage key on every MLflow run and model version, so each can be found from the others:
+the git commit, the data's manifest hash (``data.version``), the DVC experiment (``DVC_EXP_NAME``,
 set by ``dvc exp run``), the hashes of ``dvc.lock``'s stages and the Prefect flow run (passed
-in ``RESNET_RUN_TAGS``; a worker's flow-run process has ``PREFECT__FLOW_RUN_ID``). Pure
-functions: the stages read the environment and files and hand them in.
+in ``RESNET_RUN_TAGS``; a worker's flow-run process has ``PREFECT__FLOW_RUN_ID``). The names,
+descriptions and tags, gathered from git, DVC and Prefect; :mod:`resnet_mlops.tracking` and
+:mod:`resnet_mlops.registry` write them to MLflow.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
+import subprocess
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,13 +21,10 @@ from typing import Any
 from mlflow.entities import Dataset, DatasetInput, InputTag
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_GIT_COMMIT, MLFLOW_RUN_NOTE
 
+from resnet_mlops.params.base import ConfigError
 from resnet_mlops.params.train import ScheduleParams
 
-# MLflow 3 opens an experiment on its GenAI overview unless this tag says it holds model
-# training runs (the UI reads the tag; "custom_model_development" shows the runs table).
-EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
-EXPERIMENT_KIND = "custom_model_development"
-EXPERIMENT_TAGS = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+log = logging.getLogger(__name__)
 
 DVC_EXP_ENV = "DVC_EXP_NAME"  # set by `dvc exp run` for the stages it runs
 PREFECT_FLOW_RUN_ENV = "PREFECT__FLOW_RUN_ID"  # set by a Prefect worker for a flow run
@@ -32,6 +33,41 @@ FLOW_RUN_ID_TAG = "prefect.flow_run_id"
 FLOW_RUN_URL_TAG = "prefect.flow_run_url"
 RUN_ID_TAG = "mlflow.run_id"  # on a model version: the training run (also its run_id field)
 NOTE_TAG = MLFLOW_RUN_NOTE  # "mlflow.note.content": the description MLflow's UI shows
+DATA_VERSION_TAG = "data.version"  # the preprocessed data's manifest hash
+GIT_DIRTY_TAG = "git.dirty"
+# Extra run tags handed down through the environment, which reaches the trainer unchanged
+# through `dvc repro` and its fixed command lines: a JSON object of strings, e.g. a grid's
+# {"mlflow.parentRunId": "<id>", "grid": "paper-cifar10"} (MLflow's UI nests the run).
+RUN_TAGS_ENV = "RESNET_RUN_TAGS"
+
+
+def env_tags() -> dict[str, str]:
+    """The tags in ``RESNET_RUN_TAGS`` (empty when unset); ConfigError if not JSON strings."""
+    text = os.environ.get(RUN_TAGS_ENV, "").strip()
+    try:
+        tags = json.loads(text) if text else {}
+    except ValueError as error:
+        raise ConfigError(f"{RUN_TAGS_ENV}: not JSON: {error}") from None
+    if not (isinstance(tags, dict) and all(isinstance(x, str) for kv in tags.items() for x in kv)):
+        raise ConfigError(f"{RUN_TAGS_ENV}: expected a JSON object of string values")
+    return tags
+
+
+def git_tags(root: Path) -> dict[str, str]:
+    """``{"mlflow.source.git.commit": sha, "git.dirty": "true"|"false"}`` for the checkout
+    (untracked files count: a new module changes the code); outside one: {} and a warning."""
+    try:
+        commit, status = (
+            subprocess.run(
+                ["git", *args], cwd=root, capture_output=True, text=True, check=True, timeout=60
+            ).stdout.strip()
+            for args in (("rev-parse", "HEAD"), ("status", "--porcelain"))
+        )
+    except (OSError, subprocess.SubprocessError) as error:
+        detail = getattr(error, "stderr", None) or error
+        log.warning("no git commit recorded for %s: %s", root, str(detail).strip())
+        return {}
+    return {MLFLOW_GIT_COMMIT: commit, GIT_DIRTY_TAG: "true" if status else "false"}
 
 
 def stage_tag(stage: str) -> str:

@@ -1,4 +1,5 @@
-"""Where runs are stored, and how long MLflow's client may wait for the tracking server."""
+"""Where MLflow is (``MLFLOW_TRACKING_URI``, else the project's embedded ``mlflow.db``) and how
+long its client may wait for the server: shared by tracking, the registry and the report."""
 
 from __future__ import annotations
 
