@@ -21,14 +21,13 @@ import mlflow.pytorch
 import pytest
 from mlflow import MlflowClient
 
+from resnet_mlops.journal import MetricRecord, read_history
 from resnet_mlops.lineage import DATA_VERSION_TAG, GIT_DIRTY_TAG, RUN_TAGS_ENV, env_tags, git_tags
 from resnet_mlops.mlflow_store import HTTP_LIMITS, default_tracking_uri, tracking_uri
 from resnet_mlops.params.base import ConfigError
 from resnet_mlops.tracking import (
-    MetricRecord,
     RunTracker,
     TrackingError,
-    read_history,
     replay_history,
 )
 from resnet_mlops.tracking.runs import TRUNCATED

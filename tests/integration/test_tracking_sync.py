@@ -21,10 +21,9 @@ import mlflow.pytorch
 import pytest
 from mlflow import MlflowClient
 
+from resnet_mlops.journal import PENDING_DIR, RunStart, Upload, read_history, read_journal
 from resnet_mlops.mlflow_store import HTTP_LIMITS, default_tracking_uri
-from resnet_mlops.tracking import RunTracker, read_history, replay_history
-from resnet_mlops.tracking.history import RunStart, Upload, read_journal
-from resnet_mlops.tracking.tracker import PENDING_DIR
+from resnet_mlops.tracking import RunTracker, replay_history
 from resnet_mlops.train.curves import plot_training_curves
 from tests.support.mlflow_server import free_port, mlflow_server
 from tests.support.model_file import assert_logged_classifier, write_model_file

@@ -1,15 +1,9 @@
-"""MLflow tracking for training runs (:class:`RunTracker`), with an offline journal: what the
-server did not get stays in it and ``mlflow-pending/``; ``resnet sync`` (:func:`replay_history`)
-sends it later."""
+"""MLflow tracking for training runs (:class:`RunTracker`), with an offline journal
+(:mod:`resnet_mlops.journal`): what the server did not get stays in it and ``mlflow-pending/``;
+``resnet sync`` (:func:`replay_history`) sends it later."""
 
-from resnet_mlops.tracking.history import MetricRecord, read_history, replay_history
 from resnet_mlops.tracking.runs import TrackingError
+from resnet_mlops.tracking.sync import replay_history
 from resnet_mlops.tracking.tracker import RunTracker
 
-__all__ = [
-    "MetricRecord",
-    "RunTracker",
-    "TrackingError",
-    "read_history",
-    "replay_history",
-]
+__all__ = ["RunTracker", "TrackingError", "replay_history"]

@@ -1,6 +1,5 @@
-"""Opening an MLflow run, or re-opening one to resume, with its params and tags (the config's,
-git's, ``RESNET_RUN_TAGS``'), and its one logged model: the pyfunc classifier of
-:mod:`resnet_mlops.serving`."""
+"""Opening an MLflow run, or re-opening one to resume, with its params and tags, and its one
+logged model: the pyfunc classifier of :mod:`resnet_mlops.serving`."""
 
 from __future__ import annotations
 
@@ -20,12 +19,8 @@ from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 from resnet_mlops.errors import UserError
 from resnet_mlops.mlflow_store import global_tracking_uri, local_artifact_location
 from resnet_mlops.params.base import flatten
-from resnet_mlops.serving.package import (
-    ARTIFACT_NAME,
-    MODEL_SHA256_TAG,
-    ModelFiles,
-    pyfunc_arguments,
-)
+from resnet_mlops.serving import package
+from resnet_mlops.serving.package import ARTIFACT_NAME, MODEL_SHA256_TAG, ModelFiles
 
 log = logging.getLogger(__name__)
 
@@ -138,13 +133,9 @@ def log_classifier(folder: Path, tracking_uri: str, run_id: str, metadata: dict[
     sha256 = metadata[MODEL_SHA256_TAG]
     if (uri := logged_classifier(client, run_id, sha256)) is not None:
         return uri
-    experiment = client.get_run(run_id).info.experiment_id
-    model = client.create_logged_model(
-        experiment, ARTIFACT_NAME, run_id, {MODEL_SHA256_TAG: sha256}
-    )
-    arguments = pyfunc_arguments(ModelFiles.read(folder), {"resnet_mlops": metadata})
+    experiment, tags = client.get_run(run_id).info.experiment_id, {MODEL_SHA256_TAG: sha256}
+    model_id = client.create_logged_model(experiment, ARTIFACT_NAME, run_id, tags).model_id
+    arguments = package.pyfunc_arguments(ModelFiles.read(folder), {"resnet_mlops": metadata})
     with global_tracking_uri(tracking_uri):  # Model.log has no URI argument
-        info = Model.log(
-            None, name=ARTIFACT_NAME, run_id=run_id, model_id=model.model_id, **arguments
-        )
+        info = Model.log(None, name=ARTIFACT_NAME, run_id=run_id, model_id=model_id, **arguments)
     return info.model_uri

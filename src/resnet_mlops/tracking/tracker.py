@@ -20,16 +20,17 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
+from resnet_mlops import journal
 from resnet_mlops.engine.artifact import load_model
 from resnet_mlops.io import OUTPUT_ERRNOS, sha256_file
+from resnet_mlops.journal import PENDING_DIR, MetricRecord, RunEnd, RunStart, Upload
 from resnet_mlops.lineage import DATA_VERSION_TAG
 from resnet_mlops.mlflow_store import describe, is_permanent, short_http_limits
 from resnet_mlops.params.base import flatten
 from resnet_mlops.serving.package import ARTIFACT_NAME, model_summary, write_model_files
-from resnet_mlops.tracking import history as journal
 from resnet_mlops.tracking import runs
-from resnet_mlops.tracking.history import PENDING_DIR, MetricRecord, RunEnd, RunStart, Upload
 from resnet_mlops.tracking.runs import TrackingError
+from resnet_mlops.tracking.sync import send_upload
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +41,10 @@ class RunTracker:
     """Records a training run in MLflow without holding up, or stopping, the training.
 
     Metrics go to the journal (``history_path``) and, with MLflow's asynchronous ``log_batch``,
-    to the server; files and the model are sent when logged and kept in ``mlflow-pending/``
-    when the server does not take them. :meth:`finish` names in one warning what the server
-    lacks and the ``resnet sync`` command that sends it. As a context manager the run ends
-    FINISHED, FAILED on an exception, KILLED on Ctrl-C.
+    to the server; files and the model go through ``mlflow-pending/`` and stay there when the
+    server does not take them. :meth:`finish` names in one warning what the server lacks and
+    the ``resnet sync`` command that sends it. As a context manager the run ends FINISHED,
+    FAILED on an exception, KILLED on Ctrl-C.
 
     Args:
         experiment: The MLflow experiment, created if missing.
@@ -124,7 +125,14 @@ class RunTracker:
             runs.log_params_and_tags(client, self.run_id, params, all_tags)
             self._client = client
         except Exception as error:
-            self._unavailable(error)
+            message = f"MLflow tracking at {self.tracking_uri} is unavailable: {describe(error)}"
+            if self.required:
+                self._scope.close()
+                self._state = "finished"
+                raise TrackingError(message) from error
+            self._warn(
+                f"{message}; training goes on, and the run (params, metrics, plots, model) is"
+            )
         self._open_journal()
         if self._client is None and self.history_path is not None:  # what resnet sync creates
             start = RunStart(self.experiment, self.run_name, params, all_tags, self.run_id)
@@ -134,11 +142,7 @@ class RunTracker:
         # the monitor's system/cpu_utilization_percentage must not come before the error rates.
         self._monitor_pending = self._client is not None and self.system_metrics
         text = json.dumps(flatten(params), indent=2, sort_keys=True, default=str) + "\n"
-        self._send(
-            "params.json",
-            lambda folder: (folder / "params.json").write_text(text),
-            lambda client: client.log_text(self.run_id, text, "params.json"),
-        )
+        self._upload("params.json", lambda folder: (folder / "params.json").write_text(text))
         return self.run_id
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
@@ -170,61 +174,31 @@ class RunTracker:
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         """Upload a file (as ``artifact_path/<name>``) or a folder's contents (under
-        ``artifact_path``); kept in ``mlflow-pending/`` when the server does not take it."""
-        self._check_started()
-        is_dir = path.is_dir()
-        name = f"{artifact_path}/{path.name}" if artifact_path else path.name
-        label = f"{artifact_path or '.'}/" if is_dir else name
+        ``artifact_path``)."""
+        target = f"{artifact_path}/" if artifact_path else ""
 
         def copy(folder: Path) -> None:
-            target = folder / artifact_path if artifact_path else folder
-            if is_dir:
-                shutil.copytree(path, target, dirs_exist_ok=True)
+            (folder / target).mkdir(parents=True, exist_ok=True)
+            if path.is_dir():
+                shutil.copytree(path, folder / target, dirs_exist_ok=True)
             else:
-                target.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(path, target)
+                shutil.copy2(path, folder / target)
 
-        method = "log_artifacts" if is_dir else "log_artifact"
-        self._send(label, copy, lambda c: getattr(c, method)(self.run_id, str(path), artifact_path))
+        self._upload(target or "./" if path.is_dir() else target + path.name, copy)
 
     def log_model(self, model_path: Path) -> str | None:
-        """Log ``model.pt`` as the run's only model, the pyfunc classifier, written to
-        ``mlflow-pending/`` first (a kill mid-upload loses nothing) and kept there if the
-        server does not take it. Returns its ``models:/`` URI, or None.
+        """Log ``model.pt`` as the run's only model, the pyfunc classifier; returns its
+        ``models:/`` URI, or None.
 
         Raises:
             TrackingError: ``required`` and the server could not be reached.
         """
         self._check_started()
-        if self._client is None and self.history_path is None:
-            return None
         model, meta = load_model(model_path)
         metadata = model_summary(meta, sha256_file(model_path))
-        label = f"model {ARTIFACT_NAME!r}"
         write = functools.partial(write_model_files, model, meta, model_path)
-        with tempfile.TemporaryDirectory(prefix="resnet-model-") as tmp:
-            kept = self._keep(label, write, model=ARTIFACT_NAME, options={"metadata": metadata})
-            folder = kept or Path(tmp)
-            if kept is None:
-                write(folder)
-            try:
-                if self.active:
-                    uri = runs.log_classifier(folder, self.tracking_uri, self.run_id, metadata)  # type: ignore[arg-type]
-                    if kept is not None:
-                        shutil.rmtree(kept)
-                        with contextlib.suppress(OSError):  # the last one out
-                            kept.parent.rmdir()
-                    return uri
-            except Exception as error:
-                if is_permanent(error):
-                    raise
-                message = f"could not log {label} to {self.tracking_uri}: {describe(error)}"
-                if self.required:
-                    raise TrackingError(message) from error
-                log.warning("%s", message)
-        if kept is not None:
-            self._kept.append(label)
-        return None
+        options = {"metadata": metadata}
+        return self._upload(f"model {ARTIFACT_NAME!r}", write, model=ARTIFACT_NAME, options=options)
 
     def finish(self, status: str = "FINISHED") -> None:
         """End the run: wait (``flush_timeout_s`` at most) for metrics in flight, resend those
@@ -270,35 +244,44 @@ class RunTracker:
         if self._state != "started":
             raise RuntimeError(f"RunTracker is {self._state}; call start() first, finish() last")
 
-    def _send(self, label: str, write: Callable[[Path], Any], upload: Callable[..., Any]) -> None:
-        """``upload(client)`` now; if the server does not take it, keep it (:meth:`_keep`)."""
-        if self._client is not None:
-            try:
-                upload(self._client)
-                return
-            except Exception as error:
-                log.warning("could not upload %s to %s: %s", label, self.tracking_uri, error)
-        if self._keep(label, write) is not None:
-            self._kept.append(label)
-
-    def _keep(self, label: str, write: Callable[[Path], Any], **model: Any) -> Path | None:
-        """``write`` the files into a new folder of ``mlflow-pending/`` and journal it (an
-        :class:`Upload` with ``model``'s fields) for ``resnet sync``; None without a journal."""
-        if self.history_path is None:
+    def _upload(self, label: str, write: Callable[[Path], Any], **model: Any) -> str | None:
+        """``write`` the files into a new folder of ``mlflow-pending/``, journaled (without a
+        journal: a temporary folder), then send it (which removes it) if the run is open: a
+        kill mid-upload, or a server that does not take it, leaves it for ``resnet sync``.
+        Returns the model's ``models:/`` URI, or None."""
+        self._check_started()
+        if self._client is None and self.history_path is None:
             return None
-        pending = self.history_path.parent / PENDING_DIR
-        folder = pending / uuid.uuid4().hex
-        try:
-            folder.mkdir(parents=True)
-            write(folder)
-        except OSError as error:  # a full disk: name the folder, leave no half of it
-            shutil.rmtree(folder, ignore_errors=True)
-            if error.errno not in OUTPUT_ERRNOS:
-                raise
-            raise OSError(error.errno, error.strerror, str(pending)) from error
-        relative = folder.relative_to(self.history_path.parent).as_posix()
-        journal.append(self.history_path, Upload(relative, **model, run_id=self.run_id))
-        return folder
+        with tempfile.TemporaryDirectory(prefix="resnet-upload-") as tmp:
+            parent = self.history_path.parent if self.history_path else Path(tmp)
+            folder = parent / PENDING_DIR / uuid.uuid4().hex
+            try:
+                folder.mkdir(parents=True)
+                write(folder)
+            except OSError as error:  # a full disk: name the folder, leave no half of it
+                shutil.rmtree(folder, ignore_errors=True)
+                if error.errno not in OUTPUT_ERRNOS:
+                    raise
+                raise OSError(error.errno, error.strerror, str(folder.parent)) from error
+            upload = Upload(folder.relative_to(parent).as_posix(), **model, run_id=self.run_id)
+            if self.history_path is not None:
+                journal.append(self.history_path, upload)
+            try:
+                if self.active:
+                    sent = send_upload(self._client, self.tracking_uri, self.run_id, upload, folder)  # type: ignore[arg-type]
+                    with contextlib.suppress(OSError):  # the last one out of mlflow-pending/
+                        folder.parent.rmdir()
+                    return sent or None
+            except Exception as error:
+                if model and is_permanent(error):
+                    raise
+                message = f"could not log {label} to {self.tracking_uri}: {describe(error)}"
+                if model and self.required:
+                    raise TrackingError(message) from error
+                log.warning("%s", message)
+        if self.history_path is not None:
+            self._kept.append(label)
+        return None
 
     def _flush(self) -> int:
         """Wait for MLflow's async batches, resend the values of failed ones; count unsent."""
@@ -324,14 +307,6 @@ class RunTracker:
             return 0
         except Exception:
             return len(failed)
-
-    def _unavailable(self, error: Exception) -> None:
-        message = f"MLflow tracking at {self.tracking_uri} is unavailable: {describe(error)}"
-        if self.required:
-            self._scope.close()
-            self._state = "finished"
-            raise TrackingError(message) from error
-        self._warn(f"{message}; training goes on, and the run (params, metrics, plots, model) is")
 
     def _open_journal(self) -> None:
         path = self.history_path

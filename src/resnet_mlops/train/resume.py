@@ -26,6 +26,7 @@ TRAIN_CODE = (
     "__init__.py",
     "errors.py",
     "io.py",
+    "journal.py",
     "lineage.py",
     "mlflow_store.py",
     "project.py",
