@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import shutil
 import subprocess
 from pathlib import Path
@@ -67,3 +68,20 @@ def test_test_tiers_share_helpers_through_tests_support_only() -> None:
         and not line.lstrip().startswith(("from tests.support", "import tests.support"))
     ]
     assert imports == []
+
+
+def test_no_function_is_over_80_lines_or_8_parameters() -> None:
+    # A Typer command declares one parameter per flag of its command line; those are exempt.
+    too_big = []
+    for path in sorted((SRC / "resnet_mlops").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            args = node.args
+            names = [a.arg for a in (*args.posonlyargs, *args.args, *args.kwonlyargs)]
+            count = len(names) + bool(args.vararg) + bool(args.kwarg) - (names[:1] == ["self"])
+            command = any("command" in ast.unparse(d) for d in node.decorator_list)
+            lines = node.end_lineno - node.lineno + 1  # type: ignore[operator]
+            if lines > 80 or (count > 8 and not command):
+                too_big.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name}")
+    assert too_big == []
