@@ -159,7 +159,8 @@ def test_bad_params_key_is_one_line_naming_file_and_key(tmp_path: Path) -> None:
         f"error: {PARAMS}: override 'prepare.sorce=x': unknown key prepare.sorce"
     )
     bad = tmp_path / "params.yaml"
-    bad.write_text(PARAMS.read_text().replace("workers: 0", "workers: many", 1))
+    head, section, rest = PARAMS.read_text().partition("\nprepare:\n")
+    bad.write_text(head + section + rest.replace("workers: 0", "workers: many", 1))
     result = subprocess.run(
         ["resnet", "prepare", "--params", str(bad)], capture_output=True, text=True, cwd=tmp_path
     )
