@@ -16,10 +16,7 @@ from typing import Any
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from resnet_mlops.engine.checkpoint import load_checkpoint
-from resnet_mlops.mlflow_store import (
-    short_http_limits,
-    tracking_uri,  # where the stages record their runs
-)
+from resnet_mlops.mlflow_store import short_http_limits, tracking_uri
 
 MODEL_FILE = Path("models/model.pt")
 METRICS = {

@@ -33,8 +33,8 @@ GPU = "nvidia.com/gpu"
 SHARED_MOUNT = "/mnt/shared"
 # The image's user (docker/Dockerfile): fsGroup makes the shared volume writable for it.
 IMAGE_UID = 1000
-# resnet_mlops.lineage.RUN_TAGS_ENV, the MLflow run's extra tags; not imported, since the
-# tracking package loads MLflow, which the flow's pod otherwise never needs (a test pins it).
+# resnet_mlops.lineage.RUN_TAGS_ENV, the MLflow run's extra tags; not imported, since that
+# module loads MLflow, which the flow's pod otherwise never needs (a test pins it).
 RUN_TAGS_ENV = "RESNET_RUN_TAGS"
 # Pods are named <job>-node-<job index>-<pod index>: a DNS label of at most 63 characters.
 NAME_MAX = 40

@@ -19,8 +19,12 @@ from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 from resnet_mlops.errors import UserError
 from resnet_mlops.mlflow_store import global_tracking_uri, local_artifact_location
 from resnet_mlops.params.base import flatten
-from resnet_mlops.serving import package
-from resnet_mlops.serving.package import ARTIFACT_NAME, MODEL_SHA256_TAG, ModelFiles
+from resnet_mlops.serving.package import (
+    ARTIFACT_NAME,
+    MODEL_SHA256_TAG,
+    ModelFiles,
+    pyfunc_arguments,
+)
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +139,7 @@ def log_classifier(folder: Path, tracking_uri: str, run_id: str, metadata: dict[
         return uri
     experiment, tags = client.get_run(run_id).info.experiment_id, {MODEL_SHA256_TAG: sha256}
     model_id = client.create_logged_model(experiment, ARTIFACT_NAME, run_id, tags).model_id
-    arguments = package.pyfunc_arguments(ModelFiles.read(folder), {"resnet_mlops": metadata})
+    arguments = pyfunc_arguments(ModelFiles.read(folder), {"resnet_mlops": metadata})
     with global_tracking_uri(tracking_uri):  # Model.log has no URI argument
         info = Model.log(None, name=ARTIFACT_NAME, run_id=run_id, model_id=model_id, **arguments)
     return info.model_uri

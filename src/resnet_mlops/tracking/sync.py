@@ -26,16 +26,14 @@ from resnet_mlops.journal import (
 from resnet_mlops.tracking.runs import log_classifier, log_params_and_tags, open_run
 
 
-def send_upload(client: MlflowClient, uri: str, run_id: str, upload: Upload, folder: Path) -> str:
-    """Log ``folder`` to the run (as its classifier if ``upload.model``), then remove it.
-
-    Returns:
-        The classifier's ``models:/`` URI, or "" for plain files.
-    """
+def send_upload(uri: str, run_id: str, upload: Upload, folder: Path) -> str | None:
+    """Log ``folder`` to the run, then remove it; as the classifier if ``upload.model`` (its
+    ``models:/`` URI is returned), else as artifacts (None)."""
+    sent = None
     if upload.model is not None:
         sent = log_classifier(folder, uri, run_id, **upload.options)
     else:
-        sent = client.log_artifacts(run_id, str(folder)) or ""
+        MlflowClient(uri).log_artifacts(run_id, str(folder))
     shutil.rmtree(folder)  # only now: a kill before this leaves the folder for the next sync
     return sent
 
@@ -88,7 +86,7 @@ def replay_history(
         client.log_batch(run, metrics=values)
     sent = [(u, folder) for u, folder in uploads(history_file, records) if folder.is_dir()]
     for upload, folder in sent:  # a folder gone was sent already
-        send_upload(client, uri, run_id or upload.run_id, upload, folder)  # type: ignore[arg-type]
+        send_upload(uri, run_id or upload.run_id, upload, folder)  # type: ignore[arg-type]
     with contextlib.suppress(OSError):  # the last one out
         (history_file.parent / PENDING_DIR).rmdir()
     end = next((r for r in reversed(records) if isinstance(r, RunEnd)), None)

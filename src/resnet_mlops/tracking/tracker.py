@@ -184,7 +184,7 @@ class RunTracker:
             else:
                 shutil.copy2(path, folder / target)
 
-        self._upload(target or "./" if path.is_dir() else target + path.name, copy)
+        self._upload((target or "./") if path.is_dir() else target + path.name, copy)
 
     def log_model(self, model_path: Path) -> str | None:
         """Log ``model.pt`` as the run's only model, the pyfunc classifier; returns its
@@ -268,10 +268,10 @@ class RunTracker:
                 journal.append(self.history_path, upload)
             try:
                 if self.active:
-                    sent = send_upload(self._client, self.tracking_uri, self.run_id, upload, folder)  # type: ignore[arg-type]
+                    sent = send_upload(self.tracking_uri, self.run_id, upload, folder)  # type: ignore[arg-type]
                     with contextlib.suppress(OSError):  # the last one out of mlflow-pending/
                         folder.parent.rmdir()
-                    return sent or None
+                    return sent
             except Exception as error:
                 if model and is_permanent(error):
                     raise
